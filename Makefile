@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` (TASK=det|seg|face) and `make test`.
+# Both create .venv here on first use and install requirements.txt into it. mmcv 2.1.0 is
+# compiled with its ops on first install (~30 min on 2 cores) unless a wheelhouse named in
+# PIP_FIND_LINKS holds a matching wheel.
+PYTHON ?= python3
+VENV ?= .venv
+TASK ?= det
+PY := $(VENV)/bin/python
+
+.PHONY: venv test demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install "torch==2.13.0" "setuptools<82" wheel ninja numpy
+	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PY) -m pip install --no-build-isolation -r requirements.txt
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	@test -f tools/demo/$(TASK).sh || { echo "make demo: no demo for TASK=$(TASK); use det, seg or face" >&2; exit 2; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash tools/demo/$(TASK).sh

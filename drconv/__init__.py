@@ -1,0 +1,12 @@
+"""DRConv: Dynamic Region-Aware Convolution (Chen et al., CVPR 2021) for PyTorch.
+
+Needs only torch. The op is :func:`region_conv`, the layer :class:`DRConv2d`; the OpenMMLab
+registration lives in the top-level ``plugins`` package.
+"""
+from .drconv2d import DRConv2d
+from .filter_generator import BasesFilterGenerator, PaperFilterGenerator
+from .region_conv import region_conv, region_conv_dense
+
+__all__ = ['DRConv2d', 'region_conv', 'region_conv_dense', 'PaperFilterGenerator',
+           'BasesFilterGenerator']
+__version__ = '0.1.0'

@@ -1,0 +1,111 @@
+"""``DRConv2d``: a drop-in for nn.Conv2d with region-aware dynamic filters."""
+import inspect
+import torch
+from torch import Tensor, nn
+
+from ._utils import IntPair, pair
+from .filter_generator import FILTER_GENERATORS, BasesFilterGenerator, PaperFilterGenerator
+from .region_conv import region_conv, region_conv_dense
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+class DRConv2d(nn.Conv2d):
+    """Dynamic region-aware convolution (Chen et al., CVPR 2021), shaped like nn.Conv2d.
+
+    A guide conv (k x k, same stride, padding and dilation, C_in -> m) assigns each output pixel
+    to the region of its largest guide logit. A filter generator gives each sample m filters,
+    ``weight + delta[b, r]``, and each pixel is convolved with its region's filter only.
+
+    ``weight`` and ``bias`` are a standard conv's, so standard checkpoints load into them
+    (``strict=False``: the guide and generator keys are new). The generated ``delta`` starts at
+    zero: a fresh layer, or one after :meth:`init_weights`, computes
+    ``F.conv2d(x, weight, bias, stride, padding, dilation)``.
+
+    Args:
+        in_channels (int): C_in.
+        out_channels (int): C_out.
+        kernel_size (int or Tuple[int, int]): (kh, kw).
+        stride, padding, dilation (int or Tuple[int, int]): as nn.Conv2d (zero padding).
+        groups (int): must be 1.
+        bias (bool): add a learnable bias. Default: True
+        region_num (int): m, the number of regions. Default: 8
+        filter_generator (str): ``'paper'`` (pool -> 1x1 conv -> sigmoid -> grouped 1x1 conv,
+            the paper's design) or ``'bases'`` (mixtures of shared kernels, the official
+            code's design). Default: ``'paper'``
+        num_bases (int): base kernels of the ``'bases'`` generator. Default: 4
+        padding_mode (str): must be ``'zeros'``.
+
+    Shape:
+        input (B, C_in, H, W) -> output (B, C_out, H_out, W_out), as nn.Conv2d.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
+                 stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
+                 groups: int = 1, bias: bool = True, region_num: int = 8,
+                 filter_generator: str = 'paper', num_bases: int = 4,
+                 padding_mode: str = 'zeros', device=None, dtype=None, **unexpected):
+        if unexpected:
+            accepted = [p for p in inspect.signature(DRConv2d.__init__).parameters
+                        if p not in ('self', 'unexpected')]
+            raise TypeError(f'DRConv2d got unexpected argument(s) {sorted(unexpected)}; '
+                            f'accepted: {accepted}')
+        for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
+                            ('region_num', region_num), ('num_bases', num_bases)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f'DRConv2d: {name} must be a positive int, got {value!r}')
+        if groups != 1:
+            raise ValueError(f'DRConv2d supports groups=1 only, got groups={groups!r}')
+        if padding_mode != 'zeros':
+            raise ValueError(f"DRConv2d supports padding_mode='zeros' only, got {padding_mode!r}")
+        if isinstance(padding, str):
+            raise ValueError(f'DRConv2d needs padding as an int or a pair of ints, got '
+                             f'{padding!r}')
+        if filter_generator not in FILTER_GENERATORS:
+            raise ValueError(f'DRConv2d: filter_generator must be one of '
+                             f'{sorted(FILTER_GENERATORS)}, got {filter_generator!r}')
+        kernel_size = pair(kernel_size, 'kernel_size', 1)
+        stride, padding = pair(stride, 'stride', 1), pair(padding, 'padding', 0)
+        dilation = pair(dilation, 'dilation', 1)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype)
+        self.region_num = region_num
+        self.filter_generator_type = filter_generator
+        factory = dict(device=device, dtype=dtype)
+        self.guide_conv = nn.Conv2d(in_channels, region_num, kernel_size, stride, padding,
+                                    dilation, **factory)
+        if filter_generator == 'paper':
+            generator = PaperFilterGenerator(in_channels, out_channels, kernel_size, region_num)
+        else:
+            generator = BasesFilterGenerator(in_channels, out_channels, kernel_size, region_num,
+                                             num_bases)
+        self.filter_generator = generator.to(**factory)
+
+    def init_weights(self) -> None:
+        """Zero the generated change, leaving ``weight``, ``bias`` and the guide as they are.
+
+        Afterwards every region's filter equals ``weight``. mmengine calls this after a parent's
+        ``init_cfg`` (e.g. Kaiming on 'Conv2d') has set ``weight``, which it keeps.
+        """
+        self.filter_generator.reset_parameters()
+
+    def region_filters(self, x: Tensor) -> Tensor:
+        """Each sample's region filters: x (B, C_in, H, W) -> (B, m, C_out, C_in, kh, kw)."""
+        delta = self.filter_generator(x)
+        return delta + self.weight.view(1, 1, *self.weight.shape).to(delta.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C_in, H, W) -> (B, C_out, H_out, W_out)."""
+        guide = self.guide_conv(x)
+        filters = self.region_filters(x)
+        op = region_conv_dense if _exporting() else region_conv
+        out = op(x, filters, guide, self.stride, self.padding, self.dilation)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, region_num={self.region_num}, '
+                f"filter_generator='{self.filter_generator_type}'")

@@ -1,0 +1,168 @@
+"""``region_conv``: convolution with a per-sample filter chosen per output pixel by a guide.
+
+Autograd Function -> functional op. The module that generates filters and guide is
+:class:`drconv.DRConv2d`; this file holds no state.
+"""
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import region_gemm
+from ._utils import IntPair, conv_output_size, pair
+
+
+def check_inputs(x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geometry) -> None:
+    """Raise ValueError naming the tensor and shapes when the op's inputs do not fit together."""
+    if x.dim() != 4:
+        raise ValueError(f'region_conv: x must be (B, C_in, H, W), got shape {tuple(x.shape)}')
+    if weight.dim() != 6:
+        raise ValueError('region_conv: weight must be (B, m, C_out, C_in, kh, kw), '
+                         f'got shape {tuple(weight.shape)}')
+    if guide.dim() != 4:
+        raise ValueError('region_conv: guide must be (B, m, H_out, W_out), '
+                         f'got shape {tuple(guide.shape)}')
+    b, c_in, h, w = x.shape
+    wb, m, c_out, wc, kh, kw = weight.shape
+    if wb != b or guide.shape[0] != b:
+        raise ValueError(f'region_conv: batch sizes differ: x {tuple(x.shape)}, '
+                         f'weight {tuple(weight.shape)}, guide {tuple(guide.shape)}')
+    if wc != c_in:
+        raise ValueError(f'region_conv: weight has {wc} input channels (dim 3 of '
+                         f'{tuple(weight.shape)}) but x has {c_in} ({tuple(x.shape)})')
+    if min(m, c_out, c_in, kh, kw, h, w) < 1:
+        raise ValueError(f'region_conv: empty dimension in x {tuple(x.shape)} or '
+                         f'weight {tuple(weight.shape)}')
+    if guide.shape[1] != m:
+        raise ValueError(f'region_conv: guide has {guide.shape[1]} regions (dim 1 of '
+                         f'{tuple(guide.shape)}) but weight has {m} (dim 1 of {tuple(weight.shape)})')
+    out_size = tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in zip(
+        (h, w), (kh, kw), geo.stride, geo.padding, geo.dilation))
+    if min(out_size) < 1:
+        raise ValueError(f'region_conv: x {tuple(x.shape)} is smaller than the dilated kernel '
+                         f'{(kh, kw)} (padding {geo.padding}, dilation {geo.dilation})')
+    if tuple(guide.shape[2:]) != out_size:
+        raise ValueError(f'region_conv: guide is {tuple(guide.shape[2:])} spatially '
+                         f'({tuple(guide.shape)}) but the output of x {tuple(x.shape)} is '
+                         f'{out_size} with stride {geo.stride}, padding {geo.padding}, '
+                         f'dilation {geo.dilation}')
+    for name, t in (('weight', weight), ('guide', guide)):
+        if t.device != x.device:
+            raise ValueError(f'region_conv: {name} is on {t.device} but x is on {x.device}')
+        if t.dtype != x.dtype:
+            raise ValueError(f'region_conv: {name} is {t.dtype} but x is {x.dtype}')
+
+
+def guide_gradient(guide: Tensor, scores: Tensor) -> Tensor:
+    """DRConv's guide gradient from region scores.
+
+    dL/dG_i = q_i (s_i - sum_j q_j s_j) with q = softmax(G) over regions.
+
+    Args:
+        guide (Tensor[B, m, H_out, W_out]): guide logits G.
+        scores (Tensor[B, m, H_out, W_out]): s_j = <dL/dy, (W[b, j] * x)> at each pixel.
+    """
+    q = torch.softmax(guide, dim=1)
+    return q * (scores - (q * scores).sum(dim=1, keepdim=True))
+
+
+class RegionConvFunction(torch.autograd.Function):
+    """Autograd Function of :func:`region_conv` (CPU and fallback path)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geometry) -> Tensor:
+        b, c_in, h, w = x.shape
+        _, m, c_out = weight.shape[:3]
+        h_out, w_out = guide.shape[2:]
+        padded = region_gemm.pad_channels_last(x, geo.padding)
+        filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1)
+        region = guide.argmax(dim=1).view(b, -1)
+        padded_size = (h + 2 * geo.padding[0], w + 2 * geo.padding[1])
+        index = region_gemm.patch_index(padded_size, (h_out, w_out), geo, x.device)
+        rows = region_gemm.forward(padded, filters, region, index)
+        ctx.save_for_backward(padded, filters, guide, region, index)
+        ctx.shapes = (x.shape, weight.shape)
+        ctx.geo = geo
+        return rows.view(b, h_out, w_out, c_out).permute(0, 3, 1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        padded, filters, guide, region, index = ctx.saved_tensors
+        x_shape, weight_shape = ctx.shapes
+        b, c_in, h, w = x_shape
+        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(b, -1, grad_out.shape[1])
+        need_x, need_w, need_g = ctx.needs_input_grad[:3]
+        grad_padded, grad_filters, scores = region_gemm.backward(
+            grad_rows, padded, filters, region, index, need_x, need_w, need_g)
+        grad_x = grad_w = grad_g = None
+        if need_x:
+            ph, pw = ctx.geo.padding
+            grad_x = grad_padded.view(b, h + 2 * ph, w + 2 * pw, c_in)[:, ph:ph + h, pw:pw + w]
+            grad_x = grad_x.permute(0, 3, 1, 2)
+        if need_w:
+            _, m, c_out, _, kh, kw = weight_shape
+            grad_w = grad_filters.view(b, m, c_out, kh, kw, c_in).permute(0, 1, 2, 5, 3, 4)
+        if need_g:
+            grad_g = guide_gradient(guide, scores.permute(0, 2, 1).reshape(guide.shape))
+        return grad_x, grad_w, grad_g, None
+
+
+def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
+                padding: IntPair = 0, dilation: IntPair = 1) -> Tensor:
+    """Dynamic region-aware convolution.
+
+    Output pixel p of sample b belongs to region r = argmax_j guide[b, j, p] and is computed with
+    that region's filter only: ``y[b, :, p] = (weight[b, r] * x[b])[:, p]``. Gradients reach x and
+    weight through the hard selection; the guide gets DRConv's softmax approximation
+    ``dL/dG_i = q_i (s_i - sum_j q_j s_j)``, q = softmax(G), s_j = <dL/dy_p, (weight[b, j] * x)_p>.
+
+    Args:
+        x (Tensor[batch_size, in_channels, in_height, in_width]): input.
+        weight (Tensor[batch_size, region_num, out_channels, in_channels, kernel_height,
+            kernel_width]): each sample's region filters.
+        guide (Tensor[batch_size, region_num, out_height, out_width]): guide logits.
+        stride (int or Tuple[int, int]): distance between kernel positions. Default: 1
+        padding (int or Tuple[int, int]): zero padding on both sides. Default: 0
+        dilation (int or Tuple[int, int]): spacing between kernel taps. Default: 1
+
+    Returns:
+        Tensor[batch_size, out_channels, out_height, out_width]: the output (its memory may be
+        channels-last).
+    """
+    kernel = (weight.shape[-2], weight.shape[-1]) if weight.dim() == 6 else (1, 1)
+    geo = region_gemm.Geometry(kernel, pair(stride, 'stride', 1), pair(padding, 'padding', 0),
+                               pair(dilation, 'dilation', 1))
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight, guide = x.to(dtype), weight.to(dtype), guide.to(dtype)
+    check_inputs(x, weight, guide, geo)
+    with torch.autocast(device_type, enabled=False):
+        return RegionConvFunction.apply(x, weight, guide, geo)
+
+
+def region_conv_dense(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
+                      padding: IntPair = 0, dilation: IntPair = 1) -> Tensor:
+    """All-regions-then-select version of :func:`region_conv`: m times the work and memory.
+
+    Computes every region's convolution with one grouped conv, then keeps the argmax region's
+    output per pixel. Plain autograd ops give the same gradients as :func:`region_conv` (the guide
+    gets the softmax approximation through a straight-through mask). It is the reference the op
+    is tested against, the baseline the benchmark compares with, and the graph ONNX export
+    records (Conv, ArgMax, Equal, Mul, ReduceSum).
+
+    Args and returns: as :func:`region_conv`.
+    """
+    b, c_in, h, w = x.shape
+    m, c_out = weight.shape[1:3]
+    per_region = torch.nn.functional.conv2d(
+        x.reshape(1, b * c_in, h, w), weight.reshape(b * m * c_out, c_in, *weight.shape[-2:]),
+        stride=stride, padding=padding, dilation=dilation, groups=b)
+    per_region = per_region.view(b, m, c_out, *per_region.shape[-2:])
+    regions = torch.arange(m, device=x.device).view(1, m, 1, 1)
+    mask = (guide.argmax(dim=1, keepdim=True) == regions).to(x.dtype)
+    if torch.is_grad_enabled() and guide.requires_grad:
+        q = torch.softmax(guide, dim=1)
+        mask = mask + (q - q.detach())
+    return (per_region * mask.unsqueeze(2)).sum(dim=1)
+

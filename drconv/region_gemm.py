@@ -1,0 +1,142 @@
+"""The pure-PyTorch DRConv kernels: sorted rows, one GEMM per (sample, region).
+
+Every output pixel is a row. Per sample, rows are ordered by region (a stable sort of the region
+map), so each region owns one contiguous run of rows. A run's k x k input patches are gathered
+straight from the zero-padded, channels-last input (im2col fused with the gather: one
+``index_select`` of whole ``C_in`` vectors) and multiplied by that region's filter only. Runs are
+cut into pieces of bounded size, so the working memory does not grow with the image.
+
+Layouts used here (``L = H_out * W_out``, ``K = kh * kw * C_in``):
+    padded input    (B, H_pad * W_pad, C_in)   channels-last
+    filters         (B, m, C_out, K)           K ordered (kh, kw, C_in)
+    patch index     (L, kh * kw)               flat positions in the padded input
+"""
+from typing import Iterator, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+# Elements one piece may hold in its largest temporary (gathered patches or all-region responses).
+PIECE_ELEMENTS = 1 << 22
+
+
+class Geometry(NamedTuple):
+    """Convolution geometry: kernel, stride, padding and dilation as (h, w) pairs."""
+
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+
+
+def pad_channels_last(x: torch.Tensor, padding: Tuple[int, int]) -> torch.Tensor:
+    """Zero-pad ``x`` (B, C, H, W) and return it channels-last as (B, H_pad * W_pad, C)."""
+    ph, pw = padding
+    x = x.permute(0, 2, 3, 1)
+    if ph or pw:
+        x = F.pad(x, (0, 0, pw, pw, ph, ph))
+    b, hp, wp, c = x.shape
+    return x.contiguous().view(b, hp * wp, c)
+
+
+def patch_index(padded_size: Tuple[int, int], output_size: Tuple[int, int], geo: Geometry,
+                device: torch.device) -> torch.Tensor:
+    """Flat padded-input positions read by each output pixel: (L, kh * kw), int64."""
+    wp = padded_size[1]
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+    rows = torch.arange(output_size[0], device=device) * sh
+    cols = torch.arange(output_size[1], device=device) * sw
+    base = (rows[:, None] * wp + cols[None, :]).reshape(-1, 1)
+    taps = (torch.arange(kh, device=device)[:, None] * (dh * wp)
+            + torch.arange(kw, device=device)[None, :] * dw).reshape(1, -1)
+    return base + taps
+
+
+def region_pieces(region: torch.Tensor, num_regions: int,
+                  max_rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
+    """Split one sample's pixels into runs of one region each, at most ``max_rows`` long.
+
+    Args:
+        region (Tensor[L]): region of each output pixel.
+        num_regions (int): m.
+        max_rows (int): longest run yielded.
+
+    Yields:
+        (r, pixels): region index and the pixels (Tensor[n], int64) that belong to it.
+    """
+    order = torch.argsort(region, stable=True)
+    counts = torch.bincount(region, minlength=num_regions).tolist()
+    start = 0
+    for r, count in enumerate(counts):
+        for piece_start in range(start, start + count, max_rows):
+            yield r, order[piece_start:min(piece_start + max_rows, start + count)]
+        start += count
+
+
+def gather_patches(padded: torch.Tensor, index: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Patches of ``pixels`` from one sample's padded input (P, C): (n, kh * kw * C)."""
+    taps = index.index_select(0, pixels).reshape(-1)
+    return padded.index_select(0, taps).view(pixels.numel(), -1)
+
+
+def forward(padded: torch.Tensor, filters: torch.Tensor, region: torch.Tensor,
+            index: torch.Tensor) -> torch.Tensor:
+    """Selected-filter convolution, rows out.
+
+    Args:
+        padded (Tensor[B, P, C_in]): padded channels-last input.
+        filters (Tensor[B, m, C_out, K]): per-sample region filters.
+        region (Tensor[B, L]): region of each output pixel.
+        index (Tensor[L, kh * kw]): patch index.
+
+    Returns:
+        Tensor[B, L, C_out]: output rows (channels-last).
+    """
+    b, m, c_out, k = filters.shape
+    out = padded.new_empty(b, region.shape[1], c_out)
+    max_rows = max(1, PIECE_ELEMENTS // k)
+    for s in range(b):
+        for r, pixels in region_pieces(region[s], m, max_rows):
+            rows = gather_patches(padded[s], index, pixels)
+            out[s].index_copy_(0, pixels, torch.mm(rows, filters[s, r].t()))
+    return out
+
+
+def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tensor,
+             region: torch.Tensor, index: torch.Tensor, need_input: bool, need_filters: bool,
+             need_scores: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
+                                         Optional[torch.Tensor]]:
+    """Gradients of :func:`forward`, on the same sorted runs.
+
+    Args:
+        grad_rows (Tensor[B, L, C_out]): gradient of the output rows.
+        padded, filters, region, index: as in :func:`forward`.
+        need_input, need_filters, need_scores: which results to compute.
+
+    Returns:
+        (grad_padded, grad_filters, scores): Tensor[B, P, C_in], Tensor[B, m, C_out, K] and
+        Tensor[B, L, m] or None each. ``scores[b, p, j]`` is the inner product of the output
+        gradient at p with region j's response at p, <dL/dy_p, (W[b, j] * x)_p>, the quantity
+        the guide gradient is made of; it is one dense GEMM against all m filters per piece.
+    """
+    b, m, c_out, k = filters.shape
+    c_in = padded.shape[2]
+    grad_padded = torch.zeros_like(padded) if need_input else None
+    grad_filters = torch.zeros_like(filters) if need_filters else None
+    scores = padded.new_empty(b, region.shape[1], m) if need_scores else None
+    widest = max(k, m * c_out) if need_scores else k
+    max_rows = max(1, PIECE_ELEMENTS // widest)
+    for s in range(b):
+        all_filters = filters[s].reshape(m * c_out, k)
+        for r, pixels in region_pieces(region[s], m, max_rows):
+            rows = gather_patches(padded[s], index, pixels)
+            grad = grad_rows[s].index_select(0, pixels)
+            if need_filters:
+                grad_filters[s, r].addmm_(grad.t(), rows)
+            if need_input:
+                taps = index.index_select(0, pixels).reshape(-1)
+                grad_padded[s].index_add_(0, taps, torch.mm(grad, filters[s, r]).view(-1, c_in))
+            if need_scores:
+                responses = torch.mm(rows, all_filters.t()).view(-1, m, c_out)
+                scores[s].index_copy_(0, pixels, torch.bmm(responses, grad.unsqueeze(2)).squeeze(2))
+    return grad_padded, grad_filters, scores

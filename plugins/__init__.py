@@ -1,0 +1,3 @@
+"""OpenMMLab glue of the DRConv toolkit; configs load it with
+``custom_imports = dict(imports=['plugins'], allow_failed_imports=False)``."""
+from . import drconv_layer  # noqa: F401  registers 'DRConv'

@@ -1,0 +1,159 @@
+"""region_conv against the all-regions reference, gradcheck, and its refusals."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from drconv import region_conv, region_conv_dense
+from drconv._utils import conv_output_size
+
+
+def make_inputs(b, c_in, c_out, size, k, stride, padding, dilation, m, seed=0,
+                dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    h, w = size
+    h_out = conv_output_size(h, k, stride, padding, dilation)
+    w_out = conv_output_size(w, k, stride, padding, dilation)
+    x = torch.randn(b, c_in, h, w, generator=gen, dtype=dtype)
+    weight = torch.randn(b, m, c_out, c_in, k, k, generator=gen, dtype=dtype)
+    guide = torch.randn(b, m, h_out, w_out, generator=gen, dtype=dtype)
+    return x, weight, guide
+
+
+def grads(fn, inputs, grad_out, **kw):
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    out = fn(*leaves, **kw)
+    return (out,) + torch.autograd.grad(out, leaves, grad_out)
+
+
+CASES = [
+    # b, c_in, c_out, (h, w), k, stride, padding, dilation, m
+    (1, 3, 4, (7, 7), 1, 1, 0, 1, 1),
+    (2, 3, 5, (9, 6), 3, 1, 1, 1, 4),
+    (3, 4, 2, (11, 8), 3, 2, 2, 2, 5),
+    (4, 2, 3, (10, 13), 5, 3, 2, 1, 3),
+    (2, 5, 4, (12, 9), 3, 1, 3, 3, 16),
+    (1, 2, 2, (6, 10), 1, 3, 0, 1, 8),
+    (2, 3, 3, (9, 11), 5, 1, 0, 2, 2),
+    (4, 1, 6, (5, 7), 3, 2, 1, 1, 7),
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=[str(c) for c in CASES])
+def test_matches_all_regions_reference(case):
+    b, c_in, c_out, size, k, s, p, d, m = case
+    x, weight, guide = make_inputs(b, c_in, c_out, size, k, s, p, d, m)
+    kw = dict(stride=s, padding=p, dilation=d)
+    grad_out = torch.randn(region_conv_dense(x, weight, guide, **kw).shape, dtype=torch.float64)
+    got = grads(region_conv, (x, weight, guide), grad_out, **kw)
+    want = grads(region_conv_dense, (x, weight, guide), grad_out, **kw)
+    for name, a, e in zip(('output', 'd/dx', 'd/dweight', 'd/dguide'), got, want):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_guide_gradient_formula():
+    """dL/dG_i = q_i (s_i - sum_j q_j s_j), s_j = <dL/dy, W_j * x>, computed by hand."""
+    x, weight, guide = make_inputs(2, 3, 4, (6, 7), 3, 1, 1, 1, 5, seed=3)
+    grad_out = torch.randn(2, 4, 6, 7, dtype=torch.float64)
+    _, _, _, grad_guide = grads(region_conv, (x, weight, guide), grad_out, padding=1)
+    s = torch.stack([(F.conv2d(x[i:i + 1], weight[i, j], padding=1)[0] * grad_out[i]).sum(0)
+                     for i in range(2) for j in range(5)]).view(2, 5, 6, 7)
+    q = torch.softmax(guide, 1)
+    torch.testing.assert_close(grad_guide, q * (s - (q * s).sum(1, keepdim=True)))
+
+
+def test_gradcheck_x_and_weight():
+    x, weight, guide = make_inputs(2, 2, 2, (5, 6), 3, 2, 1, 1, 2, seed=1)
+    x.requires_grad_()
+    weight.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, w: region_conv(a, w, guide, stride=2, padding=1), (x, weight))
+
+
+def test_single_region_equals_conv2d():
+    x, weight, guide = make_inputs(3, 4, 5, (9, 10), 3, 2, 1, 2, 1)
+    for i in range(3):
+        weight[i] = weight[0]
+    out = region_conv(x, weight, guide, stride=2, padding=1, dilation=2)
+    torch.testing.assert_close(out, F.conv2d(x, weight[0, 0], stride=2, padding=1, dilation=2))
+
+
+@pytest.mark.parametrize('layout', ['empty_region', 'one_region'])
+def test_degenerate_region_maps(layout):
+    x, weight, guide = make_inputs(2, 3, 4, (8, 8), 3, 1, 1, 1, 4, seed=2)
+    if layout == 'empty_region':
+        guide[:, 2] = -1e3  # region 2 owns no pixel
+    else:
+        guide[:, 1] = 1e3  # every pixel in region 1
+    grad_out = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    got = grads(region_conv, (x, weight, guide), grad_out, padding=1)
+    want = grads(region_conv_dense, (x, weight, guide), grad_out, padding=1)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e)
+    if layout == 'empty_region':
+        assert got[2][:, 2].abs().max() == 0  # an empty region's filter gets no gradient
+    else:
+        torch.testing.assert_close(got[0], torch.stack(
+            [F.conv2d(x[i:i + 1], weight[i, 1], padding=1)[0] for i in range(2)]))
+
+
+def test_float32_and_channels_last_and_noncontiguous():
+    x, weight, guide = make_inputs(2, 6, 4, (9, 9), 3, 1, 1, 1, 3, dtype=torch.float32)
+    want = region_conv_dense(x, weight, guide, padding=1)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    w_nc = weight.transpose(-1, -2).contiguous().transpose(-1, -2)
+    g_nc = guide.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not w_nc.is_contiguous() and not g_nc.is_contiguous()
+    torch.testing.assert_close(region_conv(x_cl, w_nc, g_nc, padding=1), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_under_cpu_autocast():
+    x, weight, guide = make_inputs(2, 4, 4, (8, 8), 3, 1, 1, 1, 3, dtype=torch.float32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = region_conv(x, weight, guide, padding=1)
+    assert out.dtype == torch.bfloat16
+    want = region_conv_dense(x, weight, guide, padding=1)
+    torch.testing.assert_close(out.float(), want, rtol=5e-2, atol=1e-1)
+
+
+def test_large_image_is_cut_into_pieces(monkeypatch):
+    """Runs longer than a piece are split; results are unchanged."""
+    from drconv import region_gemm
+    x, weight, guide = make_inputs(2, 3, 4, (16, 16), 3, 1, 1, 1, 2, seed=5)
+    grad_out = torch.randn(2, 4, 16, 16, dtype=torch.float64)
+    want = grads(region_conv, (x, weight, guide), grad_out, padding=1)
+    monkeypatch.setattr(region_gemm, 'PIECE_ELEMENTS', 100)
+    got = grads(region_conv, (x, weight, guide), grad_out, padding=1)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e)
+
+
+BAD = {
+    'x not 4d': ((2, 3, 8), (2, 4, 5, 3, 3, 3), (2, 4, 8, 8), 'x must be'),
+    'weight not 6d': ((2, 3, 8, 8), (2, 4, 5, 3, 3), (2, 4, 8, 8), 'weight must be'),
+    'batch differs': ((2, 3, 8, 8), (3, 4, 5, 3, 3, 3), (2, 4, 8, 8), 'batch sizes differ'),
+    'channels differ': ((2, 3, 8, 8), (2, 4, 5, 2, 3, 3), (2, 4, 8, 8), 'input channels'),
+    'regions differ': ((2, 3, 8, 8), (2, 4, 5, 3, 3, 3), (2, 5, 8, 8), 'regions'),
+    'guide size': ((2, 3, 8, 8), (2, 4, 5, 3, 3, 3), (2, 4, 6, 6), 'spatially'),
+    'kernel too big': ((2, 3, 2, 2), (2, 4, 5, 3, 3, 3), (2, 4, 1, 1), 'smaller than'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(BAD))
+def test_refuses_mismatched_shapes(name):
+    xs, ws, gs, message = BAD[name]
+    with pytest.raises(ValueError, match=message):
+        region_conv(torch.zeros(xs), torch.zeros(ws), torch.zeros(gs), padding=1 if
+                    name not in ('kernel too big',) else 0)
+
+
+def test_refuses_mixed_dtypes_and_bad_geometry():
+    x, weight, guide = make_inputs(1, 2, 2, (6, 6), 3, 1, 1, 1, 2)
+    with pytest.raises(ValueError, match='guide is torch.float32'):
+        region_conv(x, weight, guide.float(), padding=1)
+    for kw, err in (({'stride': 0}, ValueError), ({'padding': -1}, ValueError),
+                    ({'dilation': (1, 2, 3)}, TypeError), ({'stride': 1.5}, TypeError)):
+        with pytest.raises(err):
+            region_conv(x, weight, guide, **kw)
