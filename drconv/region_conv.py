@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import region_gemm
+from . import region_gemm, triton_forward
 from ._utils import IntPair, conv_output_size, pair
 
 
@@ -66,32 +66,41 @@ def guide_gradient(guide: Tensor, scores: Tensor) -> Tensor:
 
 
 class RegionConvFunction(torch.autograd.Function):
-    """Autograd Function of :func:`region_conv` (CPU and fallback path)."""
+    """Autograd Function of :func:`region_conv`.
+
+    Forward: the fused Triton kernel on CUDA when available, else the sorted-rows GEMMs of
+    :mod:`drconv.region_gemm`; backward: those GEMMs on every device.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geometry) -> Tensor:
         b, c_in, h, w = x.shape
         _, m, c_out = weight.shape[:3]
-        h_out, w_out = guide.shape[2:]
-        padded = region_gemm.pad_channels_last(x, geo.padding)
+        out_size = tuple(guide.shape[2:])
         filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1)
         region = guide.argmax(dim=1).view(b, -1)
         padded_size = (h + 2 * geo.padding[0], w + 2 * geo.padding[1])
-        index = region_gemm.patch_index(padded_size, (h_out, w_out), geo, x.device)
-        rows = region_gemm.forward(padded, filters, region, index)
-        ctx.save_for_backward(padded, filters, guide, region, index)
-        ctx.shapes = (x.shape, weight.shape)
+        index = region_gemm.patch_index(padded_size, out_size, geo, x.device)
+        if triton_forward.is_available(x):
+            rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
+                                          geo.dilation, geo.kernel)
+        else:
+            padded = region_gemm.pad_channels_last(x, geo.padding)
+            rows = region_gemm.forward(padded, filters, region, index)
+        ctx.save_for_backward(x, filters, guide, region, index)
         ctx.geo = geo
-        return rows.view(b, h_out, w_out, c_out).permute(0, 3, 1, 2)
+        ctx.kernel = weight.shape[-2:]
+        return rows.view(b, *out_size, c_out).permute(0, 3, 1, 2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        padded, filters, guide, region, index = ctx.saved_tensors
-        x_shape, weight_shape = ctx.shapes
-        b, c_in, h, w = x_shape
-        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(b, -1, grad_out.shape[1])
+        x, filters, guide, region, index = ctx.saved_tensors
+        b, c_in, h, w = x.shape
+        _, m, c_out, _ = filters.shape
+        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(b, -1, c_out)
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
+        padded = region_gemm.pad_channels_last(x, ctx.geo.padding)
         grad_padded, grad_filters, scores = region_gemm.backward(
             grad_rows, padded, filters, region, index, need_x, need_w, need_g)
         grad_x = grad_w = grad_g = None
@@ -100,8 +109,7 @@ class RegionConvFunction(torch.autograd.Function):
             grad_x = grad_padded.view(b, h + 2 * ph, w + 2 * pw, c_in)[:, ph:ph + h, pw:pw + w]
             grad_x = grad_x.permute(0, 3, 1, 2)
         if need_w:
-            _, m, c_out, _, kh, kw = weight_shape
-            grad_w = grad_filters.view(b, m, c_out, kh, kw, c_in).permute(0, 1, 2, 5, 3, 4)
+            grad_w = grad_filters.view(b, m, c_out, *ctx.kernel, c_in).permute(0, 1, 2, 5, 3, 4)
         if need_g:
             grad_g = guide_gradient(guide, scores.permute(0, 2, 1).reshape(guide.shape))
         return grad_x, grad_w, grad_g, None

@@ -1,22 +1,23 @@
 """The pure-PyTorch DRConv kernels: sorted rows, one GEMM per (sample, region).
 
 Every output pixel is a row. Per sample, rows are ordered by region (a stable sort of the region
-map), so each region owns one contiguous run of rows. A run's k x k input patches are gathered
+map), so each region owns one contiguous run of rows. The k x k input patches are gathered
 straight from the zero-padded, channels-last input (im2col fused with the gather: one
-``index_select`` of whole ``C_in`` vectors) and multiplied by that region's filter only. Runs are
-cut into pieces of bounded size, so the working memory does not grow with the image.
+``index_select`` of whole ``C_in`` vectors), and each region's run is multiplied by that region's
+filter only. The sorted pixels are cut into spans of bounded size, so the working memory does
+not grow with the image.
 
 Layouts used here (``L = H_out * W_out``, ``K = kh * kw * C_in``):
     padded input    (B, H_pad * W_pad, C_in)   channels-last
     filters         (B, m, C_out, K)           K ordered (kh, kw, C_in)
     patch index     (L, kh * kw)               flat positions in the padded input
 """
-from typing import Iterator, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-# Elements one piece may hold in its largest temporary (gathered patches or all-region responses).
+# Elements one span may hold in its largest temporary (gathered patches or all-region responses).
 PIECE_ELEMENTS = 1 << 22
 
 
@@ -52,25 +53,33 @@ def patch_index(padded_size: Tuple[int, int], output_size: Tuple[int, int], geo:
     return base + taps
 
 
-def region_pieces(region: torch.Tensor, num_regions: int,
-                  max_rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
-    """Split one sample's pixels into runs of one region each, at most ``max_rows`` long.
+class Span(NamedTuple):
+    """A run of one sample's region-sorted pixels and the regions it holds.
+
+    ``pixels`` (Tensor[n], int64) are the pixels in region order; ``segments`` lists
+    ``(region, lo, hi)``: rows ``lo:hi`` of the span belong to ``region``.
+    """
+
+    pixels: torch.Tensor
+    segments: List[Tuple[int, int, int]]
+
+
+def region_spans(region: torch.Tensor, num_regions: int, max_rows: int) -> Iterator[Span]:
+    """Sort one sample's pixels by region and cut them into spans of at most ``max_rows``.
 
     Args:
         region (Tensor[L]): region of each output pixel.
         num_regions (int): m.
-        max_rows (int): longest run yielded.
-
-    Yields:
-        (r, pixels): region index and the pixels (Tensor[n], int64) that belong to it.
+        max_rows (int): longest span yielded.
     """
     order = torch.argsort(region, stable=True)
-    counts = torch.bincount(region, minlength=num_regions).tolist()
-    start = 0
-    for r, count in enumerate(counts):
-        for piece_start in range(start, start + count, max_rows):
-            yield r, order[piece_start:min(piece_start + max_rows, start + count)]
-        start += count
+    ends = torch.bincount(region, minlength=num_regions).cumsum(0).tolist()
+    starts = [0] + ends[:-1]
+    for lo in range(0, region.numel(), max_rows):
+        hi = min(lo + max_rows, region.numel())
+        segments = [(r, max(a, lo) - lo, min(b, hi) - lo)
+                    for r, (a, b) in enumerate(zip(starts, ends)) if min(b, hi) > max(a, lo)]
+        yield Span(order[lo:hi], segments)
 
 
 def gather_patches(padded: torch.Tensor, index: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -96,9 +105,12 @@ def forward(padded: torch.Tensor, filters: torch.Tensor, region: torch.Tensor,
     out = padded.new_empty(b, region.shape[1], c_out)
     max_rows = max(1, PIECE_ELEMENTS // k)
     for s in range(b):
-        for r, pixels in region_pieces(region[s], m, max_rows):
-            rows = gather_patches(padded[s], index, pixels)
-            out[s].index_copy_(0, pixels, torch.mm(rows, filters[s, r].t()))
+        for span in region_spans(region[s], m, max_rows):
+            rows = gather_patches(padded[s], index, span.pixels)
+            span_out = rows.new_empty(rows.shape[0], c_out)
+            for r, lo, hi in span.segments:
+                torch.mm(rows[lo:hi], filters[s, r].t(), out=span_out[lo:hi])
+            out[s].index_copy_(0, span.pixels, span_out)
     return out
 
 
@@ -106,7 +118,7 @@ def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tenso
              region: torch.Tensor, index: torch.Tensor, need_input: bool, need_filters: bool,
              need_scores: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
                                          Optional[torch.Tensor]]:
-    """Gradients of :func:`forward`, on the same sorted runs.
+    """Gradients of :func:`forward`, on the same sorted spans.
 
     Args:
         grad_rows (Tensor[B, L, C_out]): gradient of the output rows.
@@ -117,26 +129,30 @@ def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tenso
         (grad_padded, grad_filters, scores): Tensor[B, P, C_in], Tensor[B, m, C_out, K] and
         Tensor[B, L, m] or None each. ``scores[b, p, j]`` is the inner product of the output
         gradient at p with region j's response at p, <dL/dy_p, (W[b, j] * x)_p>, the quantity
-        the guide gradient is made of; it is one dense GEMM against all m filters per piece.
+        the guide gradient is made of: one dense GEMM against all m filters per span.
     """
     b, m, c_out, k = filters.shape
     c_in = padded.shape[2]
     grad_padded = torch.zeros_like(padded) if need_input else None
     grad_filters = torch.zeros_like(filters) if need_filters else None
     scores = padded.new_empty(b, region.shape[1], m) if need_scores else None
-    widest = max(k, m * c_out) if need_scores else k
-    max_rows = max(1, PIECE_ELEMENTS // widest)
+    max_rows = max(1, PIECE_ELEMENTS // (max(k, m * c_out) if need_scores else k))
     for s in range(b):
-        all_filters = filters[s].reshape(m * c_out, k)
-        for r, pixels in region_pieces(region[s], m, max_rows):
-            rows = gather_patches(padded[s], index, pixels)
-            grad = grad_rows[s].index_select(0, pixels)
-            if need_filters:
-                grad_filters[s, r].addmm_(grad.t(), rows)
+        for span in region_spans(region[s], m, max_rows):
+            rows = gather_patches(padded[s], index, span.pixels)
+            grad = grad_rows[s].index_select(0, span.pixels)
             if need_input:
-                taps = index.index_select(0, pixels).reshape(-1)
-                grad_padded[s].index_add_(0, taps, torch.mm(grad, filters[s, r]).view(-1, c_in))
+                grad_patches = torch.empty_like(rows)
+            for r, lo, hi in span.segments:
+                if need_filters:
+                    grad_filters[s, r].addmm_(grad[lo:hi].t(), rows[lo:hi])
+                if need_input:
+                    torch.mm(grad[lo:hi], filters[s, r], out=grad_patches[lo:hi])
+            if need_input:
+                taps = index.index_select(0, span.pixels).reshape(-1)
+                grad_padded[s].index_put_((taps,), grad_patches.view(-1, c_in), accumulate=True)
             if need_scores:
-                responses = torch.mm(rows, all_filters.t()).view(-1, m, c_out)
-                scores[s].index_copy_(0, pixels, torch.bmm(responses, grad.unsqueeze(2)).squeeze(2))
+                responses = torch.mm(rows, filters[s].reshape(m * c_out, k).t())
+                span_scores = torch.bmm(responses.view(-1, m, c_out), grad.unsqueeze(2))
+                scores[s].index_copy_(0, span.pixels, span_scores.squeeze(2))
     return grad_padded, grad_filters, scores

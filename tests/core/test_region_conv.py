@@ -118,8 +118,8 @@ def test_bfloat16_under_cpu_autocast():
     torch.testing.assert_close(out.float(), want, rtol=5e-2, atol=1e-1)
 
 
-def test_large_image_is_cut_into_pieces(monkeypatch):
-    """Runs longer than a piece are split; results are unchanged."""
+def test_large_image_is_cut_into_spans(monkeypatch):
+    """Spans shorter than a region run split it; results are unchanged."""
     from drconv import region_gemm
     x, weight, guide = make_inputs(2, 3, 4, (16, 16), 3, 1, 1, 1, 2, seed=5)
     grad_out = torch.randn(2, 4, 16, 16, dtype=torch.float64)
