@@ -8,8 +8,22 @@ zero-initialised), so a fresh DRConv2d equals its static convolution.
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def adaptive_pool_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
+    """Averaging matrix (size_out, size_in) of adaptive average pooling along one axis.
+
+    Bin i averages inputs floor(i * size_in / size_out) to ceil((i + 1) * size_in / size_out),
+    as F.adaptive_avg_pool2d does. Pooling as two matrix products exports to ONNX for any sizes
+    (ONNX has no adaptive pooling to sizes that do not divide the input).
+    """
+    i = torch.arange(size_out, device=like.device)
+    start = (i * size_in) // size_out
+    end = ((i + 1) * size_in + size_out - 1) // size_out
+    pos = torch.arange(size_in, device=like.device)
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
 
 
 class PaperFilterGenerator(nn.Module):
@@ -45,7 +59,9 @@ class PaperFilterGenerator(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C_in, H, W) -> delta (B, m, C_out, C_in, kh, kw)."""
         m = self.region_num
-        pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
+        pool_h = adaptive_pool_matrix(x.shape[2], self.kernel_size[0], x)
+        pool_w = adaptive_pool_matrix(x.shape[3], self.kernel_size[1], x)
+        pooled = torch.matmul(torch.matmul(pool_h, x), pool_w.t())  # (B, C_in, kh, kw)
         hidden = torch.sigmoid(self.squeeze(pooled)).flatten(2)  # (B, m*m, kh*kw)
         hidden = hidden.view(x.shape[0], m, m, -1)  # (B, group, input, position)
         delta = torch.einsum('goic,bgcp->bgopi', self.projection, hidden)

@@ -114,3 +114,33 @@ def test_import_needs_only_torch():
     code = ('import sys, drconv; bad = [m for m in ("mmcv", "mmengine", "mmdet", "mmseg") '
             'if m in sys.modules]; assert not bad, bad')
     subprocess.run([sys.executable, '-c', code], check=True)
+
+
+@pytest.mark.parametrize('size_in, size_out', [(10, 3), (7, 3), (3, 3), (2, 3), (56, 5), (8, 1)])
+def test_adaptive_pool_matrix_equals_adaptive_avg_pool(size_in, size_out):
+    from drconv.filter_generator import adaptive_pool_matrix
+    x = torch.randn(2, 3, size_in, size_in + 1)
+    pooled = (adaptive_pool_matrix(size_in, size_out, x) @ x
+              @ adaptive_pool_matrix(size_in + 1, size_out, x).t())
+    torch.testing.assert_close(pooled, F.adaptive_avg_pool2d(x, size_out))
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    """Exported, DRConv becomes all-region convs selected by a one-hot argmax mask."""
+    onnx = pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    torch.manual_seed(0)
+    model = nn.Sequential(DRConv2d(4, 8, 3, padding=1, region_num=4), nn.ReLU(),
+                          DRConv2d(8, 8, 3, stride=2, padding=1, region_num=3,
+                                   filter_generator='bases')).eval()
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 4, 10, 10)
+    with torch.no_grad():
+        want = model(x).numpy()
+        torch.onnx.export(model, (x,), str(tmp_path / 'm.onnx'), dynamo=False, opset_version=17)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / 'm.onnx')).graph.node}
+    assert {'Conv', 'ArgMax'} <= ops
+    session = ort.InferenceSession(str(tmp_path / 'm.onnx'))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - want).max() < 1e-4
