@@ -134,10 +134,11 @@ def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tenso
     b, m, c_out, k = filters.shape
     c_in = padded.shape[2]
     grad_padded = torch.zeros_like(padded) if need_input else None
-    grad_filters = torch.zeros_like(filters) if need_filters else None
+    grad_filters = torch.empty_like(filters) if need_filters else None
     scores = padded.new_empty(b, region.shape[1], m) if need_scores else None
     max_rows = max(1, PIECE_ELEMENTS // (max(k, m * c_out) if need_scores else k))
     for s in range(b):
+        unwritten = set(range(m))  # regions whose filter gradient is not written yet
         for span in region_spans(region[s], m, max_rows):
             rows = gather_patches(padded[s], index, span.pixels)
             grad = grad_rows[s].index_select(0, span.pixels)
@@ -145,7 +146,9 @@ def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tenso
                 grad_patches = torch.empty_like(rows)
             for r, lo, hi in span.segments:
                 if need_filters:
-                    grad_filters[s, r].addmm_(grad[lo:hi].t(), rows[lo:hi])
+                    grad_filters[s, r].addmm_(grad[lo:hi].t(), rows[lo:hi],
+                                              beta=0 if r in unwritten else 1)
+                    unwritten.discard(r)
                 if need_input:
                     torch.mm(grad[lo:hi], filters[s, r], out=grad_patches[lo:hi])
             if need_input:
@@ -155,4 +158,6 @@ def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tenso
                 responses = torch.mm(rows, filters[s].reshape(m * c_out, k).t())
                 span_scores = torch.bmm(responses.view(-1, m, c_out), grad.unsqueeze(2))
                 scores[s].index_copy_(0, span.pixels, span_scores.squeeze(2))
+        if need_filters:
+            grad_filters[s, list(unwritten)] = 0  # regions without pixels get no gradient
     return grad_padded, grad_filters, scores
