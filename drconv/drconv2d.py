@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from ._utils import IntPair, pair
 from .filter_generator import FILTER_GENERATORS, BasesFilterGenerator, PaperFilterGenerator
-from .region_conv import region_conv, region_conv_dense
+from .region_conv import GUIDE_GRADS, region_conv, region_conv_dense
 
 
 def _exporting() -> bool:
@@ -36,6 +36,8 @@ class DRConv2d(nn.Conv2d):
             the paper's design) or ``'bases'`` (mixtures of shared kernels, the official
             code's design). Default: ``'paper'``
         num_bases (int): base kernels of the ``'bases'`` generator. Default: 4
+        guide_grad (str): ``'exact'`` or ``'top2'``, the guide gradient of
+            :func:`drconv.region_conv` (``'top2'`` is a cheaper approximation). Default: 'exact'
         padding_mode (str): must be ``'zeros'``.
 
     Shape:
@@ -46,7 +48,7 @@ class DRConv2d(nn.Conv2d):
                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
                  groups: int = 1, bias: bool = True, region_num: int = 8,
                  filter_generator: str = 'paper', num_bases: int = 4,
-                 padding_mode: str = 'zeros', device=None, dtype=None, **unexpected):
+                 guide_grad: str = 'exact', padding_mode: str = 'zeros', device=None, dtype=None, **unexpected):
         if unexpected:
             accepted = [p for p in inspect.signature(DRConv2d.__init__).parameters
                         if p not in ('self', 'unexpected')]
@@ -63,6 +65,9 @@ class DRConv2d(nn.Conv2d):
         if isinstance(padding, str):
             raise ValueError(f'DRConv2d needs padding as an int or a pair of ints, got '
                              f'{padding!r}')
+        if guide_grad not in GUIDE_GRADS:
+            raise ValueError(f'DRConv2d: guide_grad must be one of {GUIDE_GRADS}, '
+                             f'got {guide_grad!r}')
         if filter_generator not in FILTER_GENERATORS:
             raise ValueError(f'DRConv2d: filter_generator must be one of '
                              f'{sorted(FILTER_GENERATORS)}, got {filter_generator!r}')
@@ -73,6 +78,7 @@ class DRConv2d(nn.Conv2d):
                          groups, bias, padding_mode, device, dtype)
         self.region_num = region_num
         self.filter_generator_type = filter_generator
+        self.guide_grad = guide_grad
         factory = dict(device=device, dtype=dtype)
         self.guide_conv = nn.Conv2d(in_channels, region_num, kernel_size, stride, padding,
                                     dilation, **factory)
@@ -100,12 +106,16 @@ class DRConv2d(nn.Conv2d):
         """x (B, C_in, H, W) -> (B, C_out, H_out, W_out)."""
         guide = self.guide_conv(x)
         filters = self.region_filters(x)
-        op = region_conv_dense if _exporting() else region_conv
-        out = op(x, filters, guide, self.stride, self.padding, self.dilation)
+        if _exporting():
+            out = region_conv_dense(x, filters, guide, self.stride, self.padding, self.dilation)
+        else:
+            out = region_conv(x, filters, guide, self.stride, self.padding, self.dilation,
+                              guide_grad=self.guide_grad)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out
 
     def extra_repr(self) -> str:
-        return (f'{super().extra_repr()}, region_num={self.region_num}, '
+        text = (f'{super().extra_repr()}, region_num={self.region_num}, '
                 f"filter_generator='{self.filter_generator_type}'")
+        return text + (f", guide_grad='{self.guide_grad}'" if self.guide_grad != 'exact' else '')

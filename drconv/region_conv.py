@@ -52,17 +52,39 @@ def check_inputs(x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geom
             raise ValueError(f'region_conv: {name} is {t.dtype} but x is {x.dtype}')
 
 
+GUIDE_GRADS = ('exact', 'top2')
+
+
 def guide_gradient(guide: Tensor, scores: Tensor) -> Tensor:
     """DRConv's guide gradient from region scores.
 
-    dL/dG_i = q_i (s_i - sum_j q_j s_j) with q = softmax(G) over regions.
+    dL/dG_i = q_i (s_i - sum_j q_j s_j) with q = softmax(G) over the regions given.
 
     Args:
-        guide (Tensor[B, m, H_out, W_out]): guide logits G.
-        scores (Tensor[B, m, H_out, W_out]): s_j = <dL/dy, (W[b, j] * x)> at each pixel.
+        guide (Tensor[B, n, H_out, W_out]): guide logits G of n regions.
+        scores (Tensor[B, n, H_out, W_out]): s_j = <dL/dy, (W[b, j] * x)> at each pixel.
     """
     q = torch.softmax(guide, dim=1)
     return q * (scores - (q * scores).sum(dim=1, keepdim=True))
+
+
+def top2_guide_gradient(guide: Tensor, region: Tensor, second: Tensor, first_scores: Tensor,
+                        second_scores: Tensor) -> Tensor:
+    """The guide gradient with the softmax restricted to each pixel's two best regions.
+
+    Args:
+        guide (Tensor[B, m, H_out, W_out]): guide logits.
+        region, second (Tensor[B, L]): best and second-best region of each pixel.
+        first_scores, second_scores (Tensor[B, L]): their scores s_j.
+
+    Returns:
+        Tensor[B, m, H_out, W_out]: zero outside the two regions.
+    """
+    b, m = guide.shape[:2]
+    top = torch.stack((region, second), dim=1)  # (B, 2, L)
+    logits = guide.reshape(b, m, -1).gather(1, top)
+    grad = guide_gradient(logits, torch.stack((first_scores, second_scores), dim=1))
+    return torch.zeros_like(guide).view(b, m, -1).scatter_(1, top, grad).view_as(guide)
 
 
 class RegionConvFunction(torch.autograd.Function):
@@ -73,7 +95,8 @@ class RegionConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geometry) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geometry,
+                guide_grad: str) -> Tensor:
         b, c_in, h, w = x.shape
         _, m, c_out = weight.shape[:3]
         out_size = tuple(guide.shape[2:])
@@ -89,6 +112,7 @@ class RegionConvFunction(torch.autograd.Function):
             rows = region_gemm.forward(padded, filters, region, index)
         ctx.save_for_backward(x, filters, guide, region, index)
         ctx.geo = geo
+        ctx.guide_grad = guide_grad
         ctx.kernel = weight.shape[-2:]
         return rows.view(b, *out_size, c_out).permute(0, 3, 1, 2)
 
@@ -101,8 +125,9 @@ class RegionConvFunction(torch.autograd.Function):
         grad_rows = grad_out.permute(0, 2, 3, 1).reshape(b, -1, c_out)
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         padded = region_gemm.pad_channels_last(x, ctx.geo.padding)
+        scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
         grad_padded, grad_filters, scores = region_gemm.backward(
-            grad_rows, padded, filters, region, index, need_x, need_w, need_g)
+            grad_rows, padded, filters, region, index, need_x, need_w, scores_of)
         grad_x = grad_w = grad_g = None
         if need_x:
             ph, pw = ctx.geo.padding
@@ -110,13 +135,20 @@ class RegionConvFunction(torch.autograd.Function):
             grad_x = grad_x.permute(0, 3, 1, 2)
         if need_w:
             grad_w = grad_filters.view(b, m, c_out, *ctx.kernel, c_in).permute(0, 1, 2, 5, 3, 4)
-        if need_g:
+        if need_g and ctx.guide_grad == 'exact':
             grad_g = guide_gradient(guide, scores.permute(0, 2, 1).reshape(guide.shape))
-        return grad_x, grad_w, grad_g, None
+        elif need_g:  # 'top2': one more grouped pass, by each pixel's second-best region
+            others = guide.scatter(1, region.view(b, 1, *guide.shape[2:]), float('-inf'))
+            second = others.argmax(dim=1).view(b, -1) if m > 1 else region
+            _, _, second_scores = region_gemm.backward(
+                grad_rows, padded, filters, second, index, False, False, 'selected')
+            grad_g = top2_guide_gradient(guide, region, second, scores, second_scores)
+        return grad_x, grad_w, grad_g, None, None
 
 
 def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
-                padding: IntPair = 0, dilation: IntPair = 1) -> Tensor:
+                padding: IntPair = 0, dilation: IntPair = 1, *,
+                guide_grad: str = 'exact') -> Tensor:
     """Dynamic region-aware convolution.
 
     Output pixel p of sample b belongs to region r = argmax_j guide[b, j, p] and is computed with
@@ -132,6 +164,11 @@ def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
         stride (int or Tuple[int, int]): distance between kernel positions. Default: 1
         padding (int or Tuple[int, int]): zero padding on both sides. Default: 0
         dilation (int or Tuple[int, int]): spacing between kernel taps. Default: 1
+        guide_grad (str): ``'exact'``: the gradient above, which needs every region's response
+            at every pixel (m convolutions' worth of work in the backward). ``'top2'``: an
+            approximation that changes the gradient: the softmax is restricted to each pixel's
+            two highest guide logits (the other regions get zero gradient), which costs one
+            convolution's worth. Default: ``'exact'``
 
     Returns:
         Tensor[batch_size, out_channels, out_height, out_width]: the output (its memory may be
@@ -145,8 +182,11 @@ def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
         dtype = torch.get_autocast_dtype(device_type)
         x, weight, guide = x.to(dtype), weight.to(dtype), guide.to(dtype)
     check_inputs(x, weight, guide, geo)
+    if guide_grad not in GUIDE_GRADS:
+        raise ValueError(f'region_conv: guide_grad must be one of {GUIDE_GRADS}, '
+                         f'got {guide_grad!r}')
     with torch.autocast(device_type, enabled=False):
-        return RegionConvFunction.apply(x, weight, guide, geo)
+        return RegionConvFunction.apply(x, weight, guide, geo, guide_grad)
 
 
 def region_conv_dense(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,

@@ -116,48 +116,53 @@ def forward(padded: torch.Tensor, filters: torch.Tensor, region: torch.Tensor,
 
 def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tensor,
              region: torch.Tensor, index: torch.Tensor, need_input: bool, need_filters: bool,
-             need_scores: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
-                                         Optional[torch.Tensor]]:
+             scores_of: Optional[str]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
+                                                Optional[torch.Tensor]]:
     """Gradients of :func:`forward`, on the same sorted spans.
 
     Args:
         grad_rows (Tensor[B, L, C_out]): gradient of the output rows.
         padded, filters, region, index: as in :func:`forward`.
-        need_input, need_filters, need_scores: which results to compute.
+        need_input, need_filters (bool): whether to compute those gradients.
+        scores_of (str or None): None, ``'all'`` (every region's score: one dense GEMM against
+            all m filters per span, m convolutions' worth of work) or ``'selected'`` (the
+            selected region's score only, almost free).
 
     Returns:
         (grad_padded, grad_filters, scores): Tensor[B, P, C_in], Tensor[B, m, C_out, K] and
-        Tensor[B, L, m] or None each. ``scores[b, p, j]`` is the inner product of the output
-        gradient at p with region j's response at p, <dL/dy_p, (W[b, j] * x)_p>, the quantity
-        the guide gradient is made of: one dense GEMM against all m filters per span.
+        scores, Tensor[B, L, m] (``'all'``) or Tensor[B, L] (``'selected'``), or None each.
+        ``scores[b, p, j]`` is the inner product of the output gradient at p with region j's
+        response at p, <dL/dy_p, (W[b, j] * x)_p>, what the guide gradient is made of.
     """
     b, m, c_out, k = filters.shape
     c_in = padded.shape[2]
     grad_padded = torch.zeros_like(padded) if need_input else None
     grad_filters = torch.empty_like(filters) if need_filters else None
-    scores = padded.new_empty(b, region.shape[1], m) if need_scores else None
-    max_rows = max(1, PIECE_ELEMENTS // (max(k, m * c_out) if need_scores else k))
+    scores = None
+    if scores_of is not None:
+        scores = padded.new_empty((b, region.shape[1], m) if scores_of == 'all' else region.shape)
+    max_rows = max(1, PIECE_ELEMENTS // (max(k, m * c_out) if scores_of == 'all' else k))
     for s in range(b):
         unwritten = set(range(m))  # regions whose filter gradient is not written yet
         for span in region_spans(region[s], m, max_rows):
             rows = gather_patches(padded[s], index, span.pixels)
             grad = grad_rows[s].index_select(0, span.pixels)
-            if need_input:
-                grad_patches = torch.empty_like(rows)
+            grad_patches = torch.empty_like(rows)
             for r, lo, hi in span.segments:
                 if need_filters:
                     grad_filters[s, r].addmm_(grad[lo:hi].t(), rows[lo:hi],
                                               beta=0 if r in unwritten else 1)
                     unwritten.discard(r)
-                if need_input:
-                    torch.mm(grad[lo:hi], filters[s, r], out=grad_patches[lo:hi])
+                torch.mm(grad[lo:hi], filters[s, r], out=grad_patches[lo:hi])
             if need_input:
                 taps = index.index_select(0, span.pixels).reshape(-1)
                 grad_padded[s].index_put_((taps,), grad_patches.view(-1, c_in), accumulate=True)
-            if need_scores:
+            if scores_of == 'all':
                 responses = torch.mm(rows, filters[s].reshape(m * c_out, k).t())
                 span_scores = torch.bmm(responses.view(-1, m, c_out), grad.unsqueeze(2))
                 scores[s].index_copy_(0, span.pixels, span_scores.squeeze(2))
+            elif scores_of == 'selected':
+                scores[s].index_copy_(0, span.pixels, (grad_patches * rows).sum(1))
         if need_filters:
             grad_filters[s, list(unwritten)] = 0  # regions without pixels get no gradient
     return grad_padded, grad_filters, scores

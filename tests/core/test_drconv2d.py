@@ -96,6 +96,7 @@ def test_channels_last_and_autocast():
     (dict(padding='same'), ValueError, 'padding as an int'),
     (dict(filter_generator='mlp'), ValueError, r"one of \['bases', 'paper'\]"),
     (dict(num_bases=0), ValueError, 'num_bases must be a positive int'),
+    (dict(guide_grad='approx'), ValueError, 'guide_grad must be one of'),
     (dict(stride=0), ValueError, 'stride must be >= 1'),
     (dict(kernel_size=(3, 3, 3)), TypeError, 'kernel_size must be an int or a pair'),
     (dict(regions=8), TypeError, r"unexpected argument\(s\) \['regions'\]; accepted: "

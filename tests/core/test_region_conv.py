@@ -157,3 +157,25 @@ def test_refuses_mixed_dtypes_and_bad_geometry():
                     ({'dilation': (1, 2, 3)}, TypeError), ({'stride': 1.5}, TypeError)):
         with pytest.raises(err):
             region_conv(x, weight, guide, **kw)
+
+
+@pytest.mark.parametrize('m', [1, 2, 5])
+def test_top2_guide_gradient(m):
+    """'top2': x and weight gradients unchanged; guide gradient is the softmax restricted to
+    each pixel's two best regions, computed here by hand from every region's response."""
+    x, weight, guide = make_inputs(2, 3, 4, (7, 6), 3, 2, 1, 1, m, seed=4)
+    grad_out = torch.randn(region_conv_dense(x, weight, guide, 2, 1).shape, dtype=torch.float64)
+    exact = grads(region_conv, (x, weight, guide), grad_out, stride=2, padding=1)
+    top2 = grads(region_conv, (x, weight, guide), grad_out, stride=2, padding=1,
+                 guide_grad='top2')
+    for a, e in zip(top2[:3], exact[:3]):
+        torch.testing.assert_close(a, e)
+    s = torch.stack([torch.stack([(F.conv2d(x[i:i + 1], weight[i, j], stride=2, padding=1)[0]
+                                   * grad_out[i]).sum(0) for j in range(m)]) for i in range(2)])
+    keep = torch.zeros_like(guide, dtype=torch.bool).scatter_(1, guide.topk(min(2, m), 1).indices,
+                                                              True)
+    q = torch.softmax(guide.masked_fill(~keep, float('-inf')), 1)
+    want = q * (s - (q * s).sum(1, keepdim=True))
+    torch.testing.assert_close(top2[3], want)
+    with pytest.raises(ValueError, match="guide_grad must be one of"):
+        region_conv(x, weight, guide, stride=2, padding=1, guide_grad='top3')
