@@ -1,3 +1,4 @@
 """OpenMMLab glue of the DRConv toolkit; configs load it with
 ``custom_imports = dict(imports=['plugins'], allow_failed_imports=False)``."""
 from . import drconv_layer  # noqa: F401  registers 'DRConv'
+from . import analysis  # noqa: F401  DRConv2d counted at its real cost by mmengine.analysis

@@ -1,0 +1,147 @@
+"""FLOPs (MAdds) and parameters of a config's model, next to its baseline without DRConv.
+
+    python tools/analysis_tools/get_flops.py CONFIG [--shape H W] [--per-layer]
+
+Counts with mmengine's complexity counter (``mmengine.analysis``, one multiply-add = one FLOP)
+and prints mmdet's/mmseg's ``get_flops.py`` block for the model and for its baseline: the same
+config with every ``type='DRConv'`` entry removed (``backbone.dcn``, ``conv_cfg``, ...), or
+``--base-config``. DRConv2d is counted at its real cost (``plugins.analysis.complexity``): the
+selected filter per pixel (a plain conv's MAdds, not m times), the guide conv, the filter
+generator and the ``weight + delta`` add. The input is one random image (``--batch`` more).
+"""
+import argparse
+import functools
+import os.path as osp
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import torch  # noqa: E402
+from mmengine.analysis import FlopAnalyzer, parameter_count  # noqa: E402
+from mmengine.analysis.print_helper import _format_size  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
+
+from plugins.analysis import complexity  # noqa: E402,F401  DRConv2d's pricing
+from plugins.analysis import models  # noqa: E402
+
+DRCONV_PARTS = ('region_conv', 'guide_conv', 'filter_generator', 'region_filter_add')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='FLOPs and parameters of a DRConv model and '
+                                     'of its baseline without DRConv')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--shape', type=int, nargs='+', default=[800, 1333],
+                        help='input image size, H W (or one number for a square)')
+    parser.add_argument('--batch', type=int, default=1, help='images per input')
+    parser.add_argument('--base-config', help='baseline config (default: CONFIG without its '
+                        "type='DRConv' entries)")
+    parser.add_argument('--per-layer', action='store_true',
+                        help='also print each DRConv layer\'s MAdds by part')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, key=value')
+    return parser.parse_args(argv)
+
+
+def count(model: torch.nn.Module, batch: int, image_shape: Sequence[int]) -> Dict[str, Any]:
+    """MAdds and parameters of ``model`` on a random batch; DRConv layers by part.
+
+    Returns a dict: ``flops`` (int), ``params``, ``pad_shape`` (the input after the data
+    preprocessor), ``drconv`` (per DRConv2d name: MAdds of ``DRCONV_PARTS`` and ``total``).
+    """
+    model.eval()
+    if models.model_family(model) == 'mmseg' and getattr(model, 'auxiliary_head', None):
+        model.auxiliary_head = None  # as mmseg's get_flops.py: not part of the deployed model
+    data = models.preprocess(model, models.fake_batch(model, batch, image_shape))
+    forward = model.forward
+    if models.model_family(model) != 'other':
+        model.forward = functools.partial(forward, data_samples=data['data_samples'])
+    try:
+        analyzer = FlopAnalyzer(model, data['inputs'])
+        analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        with torch.no_grad():
+            flops = int(analyzer.total())
+        layers = {}
+        for name, module in model.named_modules():
+            if not hasattr(module, 'guide_conv') or not hasattr(module, 'filter_generator'):
+                continue
+            ops = analyzer.by_operator(name)
+            layers[name] = dict(
+                region_conv=int(ops['region_conv']),
+                guide_conv=int(analyzer.total(f'{name}.guide_conv')),
+                filter_generator=int(analyzer.total(f'{name}.filter_generator')),
+                region_filter_add=int(ops['region_filter_add']),
+                total=int(analyzer.total(name)))
+    finally:
+        if models.model_family(model) != 'other':
+            model.forward = forward
+    return dict(flops=flops, params=parameter_count(model)[''],
+                pad_shape=tuple(data['inputs'].shape[-2:]), drconv=layers)
+
+
+def complexity_of_config(config: str, shape: Sequence[int], batch: int = 1,
+                         base_config: Optional[str] = None,
+                         cfg_options: Optional[dict] = None) -> Dict[str, Any]:
+    """:func:`count` of a config's model (``model``) and of its baseline (``baseline``)."""
+    image_shape = (3, shape[0], shape[-1])
+    cfg = models.load_config(config, cfg_options)
+    model = models.build_model(cfg)
+    if base_config:
+        base = models.build_model(models.load_config(base_config, cfg_options))
+    else:
+        base = models.build_model(cfg, baseline=True)
+    # Shared weights make both models propose the same boxes (a fresh DRConv2d computes its
+    # static conv), so a detector's RoI head costs the same in both and the difference is DRConv's.
+    try:
+        model.load_state_dict(base.state_dict(), strict=False)
+    except RuntimeError:  # a --base-config of other shapes: counted with their own weights
+        pass
+    return dict(ori_shape=tuple(image_shape[1:]), model=count(model, batch, image_shape),
+                baseline=count(base, batch, image_shape))
+
+
+def block(title: str, compute_type: str, ori_shape, info: Dict[str, Any]) -> str:
+    """mmdet's get_flops.py output block for one model."""
+    split_line = '=' * 30
+    text = f'{split_line}\n{title}\n'
+    if info['pad_shape'] != ori_shape:
+        text += f'Use size divisor set input shape from {ori_shape} to {info["pad_shape"]}\n'
+    return (text + f'Compute type: {compute_type}\nInput shape: {info["pad_shape"]}\n'
+            f'Flops: {_format_size(info["flops"])}\nParams: {_format_size(info["params"])}\n'
+            f'{split_line}')
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if len(args.shape) not in (1, 2):
+        raise SystemExit('--shape takes H W or one size')
+    result = complexity_of_config(args.config, args.shape, args.batch, args.base_config,
+                                  args.cfg_options)
+    compute_type = 'direct: randomly generate a picture'
+    model, base = result['model'], result['baseline']
+    print(block(f'Model: {args.config}', compute_type, result['ori_shape'], model))
+    print(block('Baseline: ' + (args.base_config or "the same config without type='DRConv'"),
+                compute_type, result['ori_shape'], base))
+    layers = model['drconv']
+    parts = {p: sum(layer[p] for layer in layers.values()) for p in DRCONV_PARTS}
+    print(f'DRConv layers: {len(layers)}; their MAdds: selected-filter conv '
+          f'{_format_size(parts["region_conv"])}, guide conv {_format_size(parts["guide_conv"])}, '
+          f'filter generator {_format_size(parts["filter_generator"])}, weight + delta '
+          f'{_format_size(parts["region_filter_add"])}')
+    print(f'Model - baseline: Flops {model["flops"] - base["flops"]:+d} '
+          f'({model["flops"] / base["flops"]:.3f}x), Params {model["params"] - base["params"]:+d} '
+          f'({model["params"] / base["params"]:.3f}x)')
+    if args.per_layer:
+        print('layer ' + ' '.join(DRCONV_PARTS) + ' total')
+        for name, layer in layers.items():
+            print(name, *(layer[p] for p in DRCONV_PARTS), layer['total'])
+    print('!!!Please be cautious if you use the results in papers. '
+          'You may need to check if all ops are supported and verify '
+          'that the flops computation is correct.')
+
+
+if __name__ == '__main__':
+    main()
