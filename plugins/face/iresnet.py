@@ -74,6 +74,7 @@ class IResNet(BaseModule):
         if input_size % 16 != 0:
             raise ValueError(f'IResNet input_size must be a multiple of 16, got {input_size}')
         self.depth = depth
+        self.input_size = input_size
         self.zero_init_residual = zero_init_residual
         stage_cfgs = stage_conv_cfgs(4, conv_cfg, drconv, stage_with_drconv)
         self.conv1 = make_conv(3, base_channels, 3, 1, 1, conv_cfg=conv_cfg)

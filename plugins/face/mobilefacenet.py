@@ -88,6 +88,7 @@ class MobileFaceNet(BaseModule):
                              f'{blocks}, {inner_channels}, {down_channels}')
         if input_size % 16 != 0:
             raise ValueError(f'MobileFaceNet input_size must be a multiple of 16, got {input_size}')
+        self.input_size = input_size
         cfgs = stage_conv_cfgs(4, conv_cfg, drconv, stage_with_drconv)
         c = 64 * scale
         widths = (c, c, 2 * c, 2 * c)

@@ -25,7 +25,7 @@ class VerificationMetric(BaseMetric):
         far_target (float): FAR of the TAR@FAR entry. Default: 1e-3.
     """
 
-    default_prefix: Optional[str] = None
+    default_prefix: Optional[str] = ''  # keys are '<set>/accuracy', no prefix
 
     def __init__(self, num_folds: int = 10, far_target: float = 1e-3,
                  collect_device: str = 'cpu', prefix: Optional[str] = None):

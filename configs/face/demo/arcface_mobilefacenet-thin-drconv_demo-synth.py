@@ -1,0 +1,50 @@
+# The CPU demo (`make demo TASK=face`): the DRConv MobileFaceNet config, shrunk. A thin
+# MobileFaceNet (64 base channels, blocks (1, 1, 2, 1), 128-d embedding) with DRConv (4 regions)
+# in stages 2-3 and conv_sep, trained from scratch at 64x64 on synthetic identities written in
+# insightface's formats by tools/face/make_demo_data.py (train.rec/idx + a held-out synth.bin).
+_base_ = '../arcface_mobilefacenet-drconv_ms1mv3.py'
+
+data_root = 'data/face_demo/'
+num_classes = 300
+image_size = 64
+max_iters = 160
+
+model = dict(
+    backbone=dict(
+        num_features=128, blocks=(1, 1, 2, 1), scale=1, inner_channels=(64, 64, 128, 128),
+        down_channels=(64, 128, 256), sep_channels=256, input_size=image_size,
+        drconv=dict(region_num=4)),
+    head=dict(num_classes=num_classes, in_channels=128, s=32.0, m2=0.3))
+
+train_pipeline = [
+    dict(type='FaceResize', size=image_size),
+    dict(type='FaceRandomFlip', prob=0.5),
+    dict(type='PackFaceInputs')
+]
+train_dataloader = dict(
+    batch_size=64,
+    num_workers=1,
+    pin_memory=False,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=100,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, bin_names=['synth'], image_size=image_size))
+test_dataloader = dict(
+    batch_size=100,
+    num_workers=0,
+    dataset=dict(data_root=data_root, bin_names=['synth'], image_size=image_size))
+
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
+                 val_interval=max_iters)
+optim_wrapper = dict(optimizer=dict(lr=0.1, weight_decay=5e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20),
+    dict(type='PolyLR', power=2.0, eta_min=0.0, by_epoch=False, begin=20, end=max_iters)
+]
+default_hooks = dict(
+    logger=dict(interval=20),
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(by_epoch=False)
+env_cfg = dict(cudnn_benchmark=False)

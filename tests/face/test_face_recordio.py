@@ -1,0 +1,96 @@
+"""RecordIO without mxnet: round trips, insightface's header record, and bad files."""
+import struct
+
+import numpy as np
+import pytest
+
+from drconv.face import RecordIOError, recordio
+
+
+def _write(tmp_path, payloads):
+    rec = recordio.MXIndexedRecordIO(str(tmp_path / 'a.idx'), str(tmp_path / 'a.rec'), 'w')
+    for key, buf in payloads.items():
+        rec.write_idx(key, buf)
+    rec.close()
+    return recordio.MXIndexedRecordIO(str(tmp_path / 'a.idx'), str(tmp_path / 'a.rec'), 'r')
+
+
+def test_roundtrip_headers_and_array_labels(tmp_path):
+    payloads = {
+        0: recordio.pack(recordio.IRHeader(0, [3.0, 5.0], 0, 0), b''),
+        1: recordio.pack(recordio.IRHeader(0, 7.0, 1, 0), b'abc'),
+        2: recordio.pack(recordio.IRHeader(0, np.array([1.5, 2.5, 3.5]), 2, 9), b'x' * 13),
+    }
+    rec = _write(tmp_path, payloads)
+    assert rec.keys == [0, 1, 2]
+    header, body = recordio.unpack(rec.read_idx(0))
+    assert header.flag == 2 and body == b''
+    np.testing.assert_array_equal(header.label, [3.0, 5.0])
+    header, body = recordio.unpack(rec.read_idx(1))
+    assert (header.flag, header.label, header.id, body) == (0, 7.0, 1, b'abc')
+    header, body = recordio.unpack(rec.read_idx(2))
+    assert header.flag == 3 and header.id2 == 9 and body == b'x' * 13
+    np.testing.assert_array_equal(header.label, [1.5, 2.5, 3.5])
+    # sequential reading returns records in file order, then None
+    rec.reset()
+    assert [rec.read() for _ in range(3)] == list(payloads.values())
+    assert rec.read() is None
+    rec.close()
+
+
+def test_payload_holding_the_magic_number_is_split_and_restored(tmp_path):
+    magic = struct.pack('<I', recordio.MAGIC)
+    payload = b'abcd' + magic + b'efgh' + magic + magic + b'ij'
+    rec = _write(tmp_path, {5: payload, 6: b'tail'})
+    assert rec.read_idx(5) == payload
+    assert rec.read_idx(6) == b'tail'
+    raw = (tmp_path / 'a.rec').read_bytes()
+    assert struct.unpack('<I', raw[4:8])[0] >> 29 == 1  # first part of a split record
+
+
+def test_image_records(tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    rec = _write(tmp_path, {1: recordio.pack_img((0, 4.0, 1, 0), img, img_fmt='.png')})
+    header, decoded = recordio.unpack_img(rec.read_idx(1))
+    assert header.label == 4.0
+    np.testing.assert_array_equal(decoded, img)
+
+
+def test_write_face_records_layout(tmp_path):
+    ids = [[b'a', b'b'], [b'c'], [b'd', b'e', b'f']]
+    assert recordio.write_face_records(str(tmp_path), ids) == (6, 3)
+    rec = recordio.MXIndexedRecordIO(str(tmp_path / 'train.idx'), str(tmp_path / 'train.rec'),
+                                     'r')
+    header, _ = recordio.unpack(rec.read_idx(0))
+    np.testing.assert_array_equal(header.label, [7, 10])
+    labels = [recordio.unpack(rec.read_idx(k))[0].label for k in range(1, 7)]
+    assert labels == [0, 0, 1, 2, 2, 2]
+    header, _ = recordio.unpack(rec.read_idx(9))
+    np.testing.assert_array_equal(header.label, [4, 7])
+    assert (tmp_path / 'property').read_text().strip() == '3,112,112'
+
+
+def test_bad_magic_names_file_and_offset(tmp_path):
+    _write(tmp_path, {0: b'1234', 1: b'5678'}).close()
+    path = tmp_path / 'a.rec'
+    raw = bytearray(path.read_bytes())
+    raw[12:16] = b'\0\0\0\0'  # magic of the second record (offset 12)
+    path.write_bytes(bytes(raw))
+    rec = recordio.MXIndexedRecordIO(str(tmp_path / 'a.idx'), str(path), 'r')
+    assert rec.read_idx(0) == b'1234'
+    with pytest.raises(RecordIOError, match=r'a\.rec: bad magic number .* byte offset 12'):
+        rec.read_idx(1)
+
+
+def test_truncated_record_and_idx_past_end(tmp_path):
+    _write(tmp_path, {0: b'x' * 40}).close()
+    path = tmp_path / 'a.rec'
+    path.write_bytes(path.read_bytes()[:30])
+    rec = recordio.MXIndexedRecordIO(str(tmp_path / 'a.idx'), str(path), 'r')
+    with pytest.raises(RecordIOError, match=r'a\.rec: truncated record at byte offset 0'):
+        rec.read_idx(0)
+    (tmp_path / 'a.idx').write_text('0\t0\n1\t4096\n')
+    rec = recordio.MXIndexedRecordIO(str(tmp_path / 'a.idx'), str(path), 'r')
+    with pytest.raises(RecordIOError, match=r'a\.idx: key 1 points at byte offset 4096, past '
+                       r'the end of .*a\.rec'):
+        rec.read_idx(1)
