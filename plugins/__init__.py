@@ -2,4 +2,4 @@
 ``custom_imports = dict(imports=['plugins'], allow_failed_imports=False)``."""
 from . import drconv_layer  # noqa: F401  registers 'DRConv'
 from . import analysis  # noqa: F401  DRConv2d counted at its real cost by mmengine.analysis
-from . import face  # noqa: F401  the face recognizer, its data sets and metric (scope 'drconv')
+from . import face  # noqa: F401  the face recognizer, its data sets and metric (scope 'plugins')

@@ -10,7 +10,7 @@ import plugins  # noqa: F401  registers 'DRConv'
 from drconv import DRConv2d
 
 
-@pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'drconv'])
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'plugins'])
 def test_build_conv_layer_in_every_scope(scope):
     init_default_scope(scope)
     layer = build_conv_layer(dict(type='DRConv', region_num=4), 8, 16, kernel_size=3,

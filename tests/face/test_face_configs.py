@@ -21,7 +21,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ])
 def test_config(name, backbone, drconv):
     cfg = Config.fromfile(osp.join(REPO, 'configs/face', name))
-    assert cfg.default_scope == 'drconv'
+    assert cfg.default_scope == 'plugins'
     assert cfg.model.type == 'FaceRecognizer' and cfg.model.backbone.type == backbone
     assert (cfg.model.backbone.get('drconv') is not None) == drconv
     assert cfg.train_dataloader.dataset.type == 'MXFaceDataset'

@@ -71,7 +71,7 @@ def main(argv=None):
         cfg.merge_from_dict(args.cfg_options)
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope(cfg.get('default_scope', 'drconv'))
+    init_default_scope(cfg.get('default_scope', 'plugins'))
     from plugins.registry import MODELS
     model = MODELS.build(cfg.model)
     if args.checkpoint.lower() != 'none':
