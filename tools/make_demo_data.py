@@ -170,7 +170,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='training images (default: 300 det, 100 seg)')
     parser.add_argument('--num-val', type=int, default=None,
                         help='validation images (default: 50 det, 20 seg)')
-    parser.add_argument('--size', type=int, default=160,
+    parser.add_argument('--size', type=int, default=128,
                         help='detection image side; segmentation images are size x 2*size')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--force', action='store_true', help='rewrite existing data')

@@ -21,7 +21,7 @@ os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.evaluator import DumpResults  # noqa: E402
-from mmengine.registry import HOOKS, RUNNERS, init_default_scope  # noqa: E402
+from mmengine.registry import HOOKS, RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from plugins.det.data_check import check_data_paths  # noqa: E402
@@ -50,16 +50,20 @@ def enable_show_dir(cfg: Config, show_dir: str) -> None:
     """Turns on the config's visualization hook and points its pictures at ``show_dir``.
 
     mmdet's hook takes the folder as ``test_out_dir``; hooks without that argument (mmseg's)
-    write through the visualizer's ``save_dir``.
+    write through the visualizer's ``save_dir`` (into ``<show_dir>/vis_data/vis_image/``).
+    Hooks with an ``interval`` draw every test image.
     """
     hook_cfg = cfg.get('default_hooks', {}).get('visualization')
     if hook_cfg is None:
         raise SystemExit('error: --show-dir needs default_hooks.visualization in the config')
     hook_cfg['draw'] = True
     show_dir = osp.abspath(show_dir)
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    hook_cls = HOOKS.get(hook_cfg['type'])
-    if hook_cls is not None and 'test_out_dir' in inspect.signature(hook_cls).parameters:
+    with HOOKS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
+        hook_cls = registry.get(hook_cfg['type'])
+    params = inspect.signature(hook_cls).parameters if hook_cls is not None else {}
+    if 'interval' in params:
+        hook_cfg['interval'] = 1  # every test image, not every 50th
+    if 'test_out_dir' in params:
         hook_cfg['test_out_dir'] = show_dir
     else:
         cfg.visualizer['save_dir'] = show_dir

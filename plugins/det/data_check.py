@@ -15,11 +15,13 @@ EXPECTED_LAYOUTS = {
                     '<data_root>/{train,val}2017/ (the COCO 2017 layout)'),
     'CityscapesDataset': ('<data_root>/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and '
                           '<data_root>/gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png '
-                          "(mmseg's tools/dataset_converters/cityscapes.py writes the labelTrainIds)"),
+                          "(mmseg's tools/dataset_converters/cityscapes.py writes the "
+                          'labelTrainIds)'),
 }
 
-HINT = ('Point data_root at the data set (e.g. --cfg-options train_dataloader.dataset.data_root=...), '
-        'or write a small synthetic one with `python tools/make_demo_data.py`.')
+HINT = ('Point data_root at the data set (e.g. --cfg-options '
+        'train_dataloader.dataset.data_root=...), or write a small synthetic one with '
+        '`python tools/make_demo_data.py`.')
 
 
 def _leaf_datasets(dataset_cfg) -> Iterator[dict]:
@@ -36,6 +38,8 @@ def _leaf_datasets(dataset_cfg) -> Iterator[dict]:
 def _required_paths(dataset_cfg) -> List[tuple]:
     """Lists ``(path, kind)`` pairs a dataset config needs; kind is 'file' or 'dir'."""
     data_root = dataset_cfg.get('data_root') or ''
+    if '://' in data_root:  # remote storage (petrel, s3, http): left to the file backend
+        return []
     paths = []
     if data_root:
         paths.append((data_root, 'dir'))

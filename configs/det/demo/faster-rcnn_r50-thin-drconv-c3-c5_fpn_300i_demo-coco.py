@@ -1,11 +1,11 @@
 # The CPU demo: the real DRConv Faster R-CNN config, shrunk. A Bottleneck R50 with 16 base
-# channels (instead of 64), a 64-channel FPN and heads, trained from scratch for 300 iterations
-# on 160x160 synthetic shapes in the COCO layout (tools/make_demo_data.py writes them).
+# channels (instead of 64), a 64-channel FPN and heads and fewer proposals, trained from scratch
+# for 300 iterations on 128x128 synthetic shapes in the COCO layout (tools/make_demo_data.py).
 _base_ = '../faster-rcnn_r50-drconv-c3-c5_fpn_1x_coco.py'
 
 data_root = 'data/demo_coco/'
 classes = ('rectangle', 'ellipse', 'triangle')
-image_size = (160, 160)
+image_size = (128, 128)
 max_iters = 300
 
 model = dict(
@@ -17,8 +17,12 @@ model = dict(
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
     rpn_head=dict(in_channels=64, feat_channels=64),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=len(classes))))
+        bbox_roi_extractor=dict(out_channels=64, roi_layer=dict(sampling_ratio=2)),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=len(classes))),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=500, max_per_img=200),
+        rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=200)))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -58,3 +62,4 @@ default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(by_epoch=False, interval=max_iters))
 log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)
