@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 TASK ?= det
 PY := $(VENV)/bin/python
+# Idle OpenMP threads sleep instead of spinning: on CPUs shared with other jobs, spinning threads
+# slow torch down many times over. Set OMP_WAIT_POLICY=ACTIVE to override.
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
 
 .PHONY: venv test demo
 

@@ -1,0 +1,8 @@
+"""Face tests build from the toolkit's scope, whatever scope an earlier test left current."""
+import pytest
+from mmengine.registry import init_default_scope
+
+
+@pytest.fixture(autouse=True)
+def plugins_scope():
+    init_default_scope('plugins')
