@@ -156,7 +156,7 @@ def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tenso
                 torch.mm(grad[lo:hi], filters[s, r], out=grad_patches[lo:hi])
             if need_input:
                 taps = index.index_select(0, span.pixels).reshape(-1)
-                grad_padded[s].index_put_((taps,), grad_patches.view(-1, c_in), accumulate=True)
+                grad_padded[s].index_add_(0, taps, grad_patches.view(-1, c_in))
             if scores_of == 'all':
                 responses = torch.mm(rows, filters[s].reshape(m * c_out, k).t())
                 span_scores = torch.bmm(responses.view(-1, m, c_out), grad.unsqueeze(2))
