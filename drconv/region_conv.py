@@ -101,7 +101,7 @@ class RegionConvFunction(torch.autograd.Function):
         _, m, c_out = weight.shape[:3]
         out_size = tuple(guide.shape[2:])
         filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1)
-        region = guide.argmax(dim=1).view(b, -1)
+        region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
         padded_size = (h + 2 * geo.padding[0], w + 2 * geo.padding[1])
         index = region_gemm.patch_index(padded_size, out_size, geo, x.device)
         if triton_forward.is_available(x):
@@ -139,7 +139,7 @@ class RegionConvFunction(torch.autograd.Function):
             grad_g = guide_gradient(guide, scores.permute(0, 2, 1).reshape(guide.shape))
         elif need_g:  # 'top2': one more grouped pass, by each pixel's second-best region
             others = guide.scatter(1, region.view(b, 1, *guide.shape[2:]), float('-inf'))
-            second = others.argmax(dim=1).view(b, -1) if m > 1 else region
+            second = others.max(dim=1).indices.view(b, -1) if m > 1 else region
             _, _, second_scores = region_gemm.backward(
                 grad_rows, padded, filters, second, index, False, False, 'selected')
             grad_g = top2_guide_gradient(guide, region, second, scores, second_scores)
