@@ -1,5 +1,4 @@
 """tools/analysis_tools/benchmark_drconv.py runs and reports what it promises (not how fast)."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -8,18 +7,10 @@ DEMO_CONFIG = osp.join(REPO, 'configs', 'det', 'demo',
                        'faster-rcnn_r50-thin-drconv-c3-c5_fpn_300i_demo-coco.py')
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_drconv', osp.join(REPO, 'tools', 'analysis_tools', 'benchmark_drconv.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_layer_shapes_json(tmp_path, capsys):
-    tool = load_tool()
+def test_layer_shapes_json(tmp_path, capsys, tool):
+    bench = tool('analysis_tools/benchmark_drconv')
     path = tmp_path / 'bench.json'
-    tool.main(['--shapes', '2,4,6,7,9,3,3', '--shapes', '1,3,5,8,8,1,2,2', '--repeat', '2',
+    bench.main(['--shapes', '2,4,6,7,9,3,3', '--shapes', '1,3,5,8,8,1,2,2', '--repeat', '2',
                '--warmup', '0', '--threads', '1', '--json', str(path)])
     printed = capsys.readouterr().out
     assert '| 2,4,6,7,9,3,3 |' in printed and 'Peak extra memory' in printed
@@ -39,30 +30,30 @@ def test_layer_shapes_json(tmp_path, capsys):
         assert r['targets'] == {}  # not a target shape
 
 
-def test_peak_extra_bytes_counts_what_a_run_allocates():
-    tool = load_tool()
+def test_peak_extra_bytes_counts_what_a_run_allocates(tool):
+    bench = tool('analysis_tools/benchmark_drconv')
     import torch
     kept = []
-    peak = tool.peak_extra_bytes(lambda: kept.append(torch.ones(1000, 1000)),
+    peak = bench.peak_extra_bytes(lambda: kept.append(torch.ones(1000, 1000)),
                                  torch.device('cpu'))
     assert peak == 4 * 10 ** 6
 
 
-def test_json_to_stdout_and_top2(capsys):
-    tool = load_tool()
-    tool.main(['--shapes', '1,4,4,6,6,3,2', '--repeat', '1', '--warmup', '0', '--no-memory',
+def test_json_to_stdout_and_top2(capsys, tool):
+    bench = tool('analysis_tools/benchmark_drconv')
+    bench.main(['--shapes', '1,4,4,6,6,3,2', '--repeat', '1', '--warmup', '0', '--no-memory',
                '--top2', '--json', '-'])
     report = json.loads(capsys.readouterr().out)
     (layer,) = report['layers']
     assert layer['median_s']['region_conv_top2/forward_backward'] > 0 and 'memory' not in layer
 
 
-def test_config_layers_and_training_step(capsys):
-    tool = load_tool()
-    shapes = tool.config_layer_shapes(DEMO_CONFIG, (3, 64, 64), 1)
+def test_config_layers_and_training_step(capsys, tool):
+    bench = tool('analysis_tools/benchmark_drconv')
+    shapes = bench.config_layer_shapes(DEMO_CONFIG, (3, 64, 64), 1)
     assert sum(len(names) for _, names in shapes) == 13
     assert all(s.k == 3 and s.m == 8 and s.b == 1 for s, _ in shapes)
-    report = tool.main(['--shapes', 'none', '--e2e-config', DEMO_CONFIG, '--input-shape', '3',
+    report = bench.main(['--shapes', 'none', '--e2e-config', DEMO_CONFIG, '--input-shape', '3',
                         '64', '64', '--batch', '1', '--e2e-repeat', '1', '--json', '-'])
     step = report['training_step']
     assert step['drconv_layers'] == 13 and step['ratio'] > 0

@@ -1,5 +1,4 @@
 """DRConv2d in mmengine's complexity counter: each part equals its hand-computed MAdds."""
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -13,14 +12,6 @@ from drconv import DRConv2d
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(REPO, 'configs', 'det', 'demo',
                        'faster-rcnn_r50-thin-drconv-c3-c5_fpn_300i_demo-coco.py')
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(REPO, 'tools', 'analysis_tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def analyzer(model, x):
@@ -90,9 +81,9 @@ def test_tiny_model_minus_baseline_is_guide_generator_and_add():
     assert analyzer(dynamic, x).total() - analyzer(baseline, x).total() == expected
 
 
-def test_get_flops_on_a_config_counts_every_layer():
+def test_get_flops_on_a_config_counts_every_layer(tool):
     from plugins.analysis import models
-    get_flops = load_tool('get_flops')
+    get_flops = tool('analysis_tools/get_flops')
     result = get_flops.complexity_of_config(DEMO_CONFIG, (64, 64))
     model, base = result['model'], result['baseline']
     assert len(model['drconv']) == 13 and not base['drconv']
