@@ -139,7 +139,7 @@ class RegionConvFunction(torch.autograd.Function):
             grad_g = guide_gradient(guide, scores.permute(0, 2, 1).reshape(guide.shape))
         elif need_g:  # 'top2': one more grouped pass, by each pixel's second-best region
             others = guide.scatter(1, region.view(b, 1, *guide.shape[2:]), float('-inf'))
-            second = others.max(dim=1).indices.view(b, -1) if m > 1 else region
+            second = others.max(dim=1).indices.view(b, -1)
             _, _, second_scores = region_gemm.backward(
                 grad_rows, padded, filters, second, index, False, False, 'selected')
             grad_g = top2_guide_gradient(guide, region, second, scores, second_scores)
