@@ -1,5 +1,6 @@
 """``DRConv2d``: a drop-in for nn.Conv2d with region-aware dynamic filters."""
 import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -48,7 +49,8 @@ class DRConv2d(nn.Conv2d):
                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
                  groups: int = 1, bias: bool = True, region_num: int = 8,
                  filter_generator: str = 'paper', num_bases: int = 4,
-                 guide_grad: str = 'exact', padding_mode: str = 'zeros', device=None, dtype=None, **unexpected):
+                 guide_grad: str = 'exact', padding_mode: str = 'zeros', device=None,
+                 dtype=None, **unexpected):
         if unexpected:
             accepted = [p for p in inspect.signature(DRConv2d.__init__).parameters
                         if p not in ('self', 'unexpected')]

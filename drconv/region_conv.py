@@ -34,7 +34,8 @@ def check_inputs(x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geom
                          f'weight {tuple(weight.shape)}')
     if guide.shape[1] != m:
         raise ValueError(f'region_conv: guide has {guide.shape[1]} regions (dim 1 of '
-                         f'{tuple(guide.shape)}) but weight has {m} (dim 1 of {tuple(weight.shape)})')
+                         f'{tuple(guide.shape)}) but weight has {m} '
+                         f'(dim 1 of {tuple(weight.shape)})')
     out_size = tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in zip(
         (h, w), (kh, kw), geo.stride, geo.padding, geo.dilation))
     if min(out_size) < 1:

@@ -82,10 +82,9 @@ def region_spans(region: torch.Tensor, num_regions: int, max_rows: int) -> Itera
         yield Span(order[lo:hi], segments)
 
 
-def gather_patches(padded: torch.Tensor, index: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """Patches of ``pixels`` from one sample's padded input (P, C): (n, kh * kw * C)."""
-    taps = index.index_select(0, pixels).reshape(-1)
-    return padded.index_select(0, taps).view(pixels.numel(), -1)
+def gather_patches(padded: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Patches from one sample's padded input (P, C) at ``taps`` (n, kh * kw): (n, kh * kw * C)."""
+    return padded.index_select(0, taps.view(-1)).view(taps.shape[0], -1)
 
 
 def forward(padded: torch.Tensor, filters: torch.Tensor, region: torch.Tensor,
@@ -106,7 +105,7 @@ def forward(padded: torch.Tensor, filters: torch.Tensor, region: torch.Tensor,
     max_rows = max(1, PIECE_ELEMENTS // k)
     for s in range(b):
         for span in region_spans(region[s], m, max_rows):
-            rows = gather_patches(padded[s], index, span.pixels)
+            rows = gather_patches(padded[s], index.index_select(0, span.pixels))
             span_out = rows.new_empty(rows.shape[0], c_out)
             for r, lo, hi in span.segments:
                 torch.mm(rows[lo:hi], filters[s, r].t(), out=span_out[lo:hi])
@@ -145,7 +144,8 @@ def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tenso
     for s in range(b):
         unwritten = set(range(m))  # regions whose filter gradient is not written yet
         for span in region_spans(region[s], m, max_rows):
-            rows = gather_patches(padded[s], index, span.pixels)
+            taps = index.index_select(0, span.pixels)
+            rows = gather_patches(padded[s], taps)
             grad = grad_rows[s].index_select(0, span.pixels)
             grad_patches = torch.empty_like(rows)
             for r, lo, hi in span.segments:
@@ -155,8 +155,7 @@ def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tenso
                     unwritten.discard(r)
                 torch.mm(grad[lo:hi], filters[s, r], out=grad_patches[lo:hi])
             if need_input:
-                taps = index.index_select(0, span.pixels).reshape(-1)
-                grad_padded[s].index_add_(0, taps, grad_patches.view(-1, c_in))
+                grad_padded[s].index_add_(0, taps.view(-1), grad_patches.view(-1, c_in))
             if scores_of == 'all':
                 responses = torch.mm(rows, filters[s].reshape(m * c_out, k).t())
                 span_scores = torch.bmm(responses.view(-1, m, c_out), grad.unsqueeze(2))
