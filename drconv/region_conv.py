@@ -101,16 +101,15 @@ class RegionConvFunction(torch.autograd.Function):
         b, c_in, h, w = x.shape
         _, m, c_out = weight.shape[:3]
         out_size = tuple(guide.shape[2:])
-        filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1)
+        filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1).contiguous()
         region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
-        padded_size = (h + 2 * geo.padding[0], w + 2 * geo.padding[1])
-        index = region_gemm.patch_index(padded_size, out_size, geo, x.device)
+        index = region_gemm.patch_index((h, w), out_size, geo, x.device)
         if triton_forward.is_available(x):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
         else:
-            padded = region_gemm.pad_channels_last(x, geo.padding)
-            rows = region_gemm.forward(padded, filters, region, index)
+            rows = region_gemm.forward(region_gemm.to_rows(x, zero_row=True), filters, region,
+                                       index)
         ctx.save_for_backward(x, filters, guide, region, index)
         ctx.geo = geo
         ctx.guide_grad = guide_grad
@@ -123,17 +122,15 @@ class RegionConvFunction(torch.autograd.Function):
         x, filters, guide, region, index = ctx.saved_tensors
         b, c_in, h, w = x.shape
         _, m, c_out, _ = filters.shape
-        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(b, -1, c_out)
+        grad_rows = region_gemm.to_rows(grad_out)
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
-        padded = region_gemm.pad_channels_last(x, ctx.geo.padding)
+        rows = region_gemm.to_rows(x, zero_row=True)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
-        grad_padded, grad_filters, scores = region_gemm.backward(
-            grad_rows, padded, filters, region, index, need_x, need_w, scores_of)
+        grad_x_rows, grad_filters, scores = region_gemm.backward(
+            grad_rows, rows, filters, region, index, need_x, need_w, scores_of)
         grad_x = grad_w = grad_g = None
         if need_x:
-            ph, pw = ctx.geo.padding
-            grad_x = grad_padded.view(b, h + 2 * ph, w + 2 * pw, c_in)[:, ph:ph + h, pw:pw + w]
-            grad_x = grad_x.permute(0, 3, 1, 2)
+            grad_x = grad_x_rows[:, :h * w].view(b, h, w, c_in).permute(0, 3, 1, 2)
         if need_w:
             grad_w = grad_filters.view(b, m, c_out, *ctx.kernel, c_in).permute(0, 1, 2, 5, 3, 4)
         if need_g and ctx.guide_grad == 'exact':
@@ -142,7 +139,7 @@ class RegionConvFunction(torch.autograd.Function):
             others = guide.scatter(1, region.view(b, 1, *guide.shape[2:]), float('-inf'))
             second = others.max(dim=1).indices.view(b, -1)
             _, _, second_scores = region_gemm.backward(
-                grad_rows, padded, filters, second, index, False, False, 'selected')
+                grad_rows, rows, filters, second, index, False, False, 'selected')
             grad_g = top2_guide_gradient(guide, region, second, scores, second_scores)
         return grad_x, grad_w, grad_g, None, None
 

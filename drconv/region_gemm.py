@@ -1,24 +1,28 @@
-"""The pure-PyTorch DRConv kernels: sorted rows, one GEMM per (sample, region).
+"""The pure-PyTorch DRConv kernels: sorted rows, one GEMM per (sample, region) group.
 
-Every output pixel is a row. Per sample, rows are ordered by region (a stable sort of the region
-map), so each region owns one contiguous run of rows. The k x k input patches are gathered
-straight from the zero-padded, channels-last input (im2col fused with the gather: one
-``index_select`` of whole ``C_in`` vectors), and each region's run is multiplied by that region's
-filter only. The sorted pixels are cut into spans of bounded size, so the working memory does
-not grow with the image.
+Every output pixel of the batch is a row. Rows are sorted by group ``g = sample * m + region``
+(one stable sort for the whole batch), so each group owns one contiguous run of rows. The
+k x k input patches are gathered straight from the channels-last input (im2col fused with the
+gather: one ``index_select`` of whole ``C_in`` vectors; taps in the zero padding read a zero row
+kept after each sample's pixels), and each group's run is multiplied by that group's filter only.
+The sorted rows are cut into spans of bounded size, so the working memory does not grow with the
+image, and results go back to pixel order with one gather by the inverse permutation.
 
-Layouts used here (``L = H_out * W_out``, ``K = kh * kw * C_in``):
-    padded input    (B, H_pad * W_pad, C_in)   channels-last
-    filters         (B, m, C_out, K)           K ordered (kh, kw, C_in)
-    patch index     (L, kh * kw)               flat positions in the padded input
+Layouts used here (``L = H_out * W_out``, ``P = H * W + 1``, ``K = kh * kw * C_in``):
+    input rows      (B, P, C_in)        channels-last pixels, then one zero row
+    filters         (B, m, C_out, K)    K ordered (kh, kw, C_in)
+    patch index     (L, kh * kw)        input row read by each tap (``H * W``: the zero row)
+    output rows     (B, L, C_out)       channels-last
 """
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
+from torch import Tensor
 
 # Elements one span may hold in its largest temporary (gathered patches or all-region responses).
-PIECE_ELEMENTS = 1 << 22
+PIECE_ELEMENTS = 1 << 20
+# Rows of all-region responses (rows x m x C_out) computed at a time for the exact guide gradient.
+RESPONSE_ROWS = 512
 
 
 class Geometry(NamedTuple):
@@ -30,69 +34,125 @@ class Geometry(NamedTuple):
     dilation: Tuple[int, int]
 
 
-def pad_channels_last(x: torch.Tensor, padding: Tuple[int, int]) -> torch.Tensor:
-    """Zero-pad ``x`` (B, C, H, W) and return it channels-last as (B, H_pad * W_pad, C)."""
-    ph, pw = padding
-    x = x.permute(0, 2, 3, 1)
-    if ph or pw:
-        x = F.pad(x, (0, 0, pw, pw, ph, ph))
-    b, hp, wp, c = x.shape
-    return x.contiguous().view(b, hp * wp, c)
+def to_rows(x: Tensor, zero_row: bool = False) -> Tensor:
+    """``x`` (B, C, H, W) as channels-last rows (B, H * W, C), plus a zero row if asked.
+
+    A view when ``x`` is channels-last already and no zero row is asked for; otherwise a copy made
+    one sample at a time, as a 2-D transpose (torch copies those blockwise, about twice as fast
+    as one 4-D permute on CPU).
+    """
+    b, c, h, w = x.shape
+    nhwc = x.permute(0, 2, 3, 1)
+    if nhwc.is_contiguous() and not zero_row:
+        return nhwc.view(b, h * w, c)
+    rows = x.new_empty(b, h * w + int(zero_row), c)
+    if zero_row:
+        rows[:, h * w].zero_()
+    if nhwc.is_contiguous():
+        rows[:, :h * w].copy_(nhwc.reshape(b, h * w, c))
+    else:
+        for s in range(b):
+            rows[s, :h * w].copy_(x[s].reshape(c, h * w).t())
+    return rows
 
 
-def patch_index(padded_size: Tuple[int, int], output_size: Tuple[int, int], geo: Geometry,
-                device: torch.device) -> torch.Tensor:
-    """Flat padded-input positions read by each output pixel: (L, kh * kw), int64."""
-    wp = padded_size[1]
-    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
-    rows = torch.arange(output_size[0], device=device) * sh
-    cols = torch.arange(output_size[1], device=device) * sw
-    base = (rows[:, None] * wp + cols[None, :]).reshape(-1, 1)
-    taps = (torch.arange(kh, device=device)[:, None] * (dh * wp)
-            + torch.arange(kw, device=device)[None, :] * dw).reshape(1, -1)
-    return base + taps
+def patch_index(input_size: Tuple[int, int], output_size: Tuple[int, int], geo: Geometry,
+                device: torch.device) -> Tensor:
+    """Input row read by each output pixel's taps: (L, kh * kw), int64.
+
+    Taps that fall in the zero padding read row ``H * W``, the zero row of :func:`to_rows`.
+    """
+    (h, w), (kh, kw) = input_size, geo.kernel
+    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    ih = (torch.arange(output_size[0], device=device)[:, None] * sh - ph
+          + torch.arange(kh, device=device)[None, :] * dh)  # (H_out, kh)
+    iw = (torch.arange(output_size[1], device=device)[:, None] * sw - pw
+          + torch.arange(kw, device=device)[None, :] * dw)  # (W_out, kw)
+    inside = (((ih >= 0) & (ih < h))[:, None, :, None]
+              & ((iw >= 0) & (iw < w))[None, :, None, :])
+    index = torch.where(inside, ih[:, None, :, None] * w + iw[None, :, None, :], h * w)
+    return index.reshape(-1, kh * kw)
+
+
+class SortedRows(NamedTuple):
+    """A batch's output pixels sorted by group ``g = sample * m + region``.
+
+    ``order`` (Tensor[B * L]): flat pixel ``b * L + p`` of each sorted row; ``inverse``
+    (Tensor[B * L]): sorted row of each flat pixel; ``ends`` (List[int], B * m entries): the end
+    of each group's rows.
+    """
+
+    order: Tensor
+    inverse: Tensor
+    ends: List[int]
+
+
+def sort_by_region(region: Tensor, num_regions: int) -> SortedRows:
+    """Sort the pixels of ``region`` (Tensor[B, L]: region of each output pixel) by group."""
+    b, l = region.shape
+    group = (region + torch.arange(b, device=region.device)[:, None] * num_regions).view(-1)
+    order = torch.argsort(group, stable=True)
+    inverse = torch.empty_like(order).index_copy_(
+        0, order, torch.arange(order.numel(), device=order.device))
+    ends = torch.bincount(group, minlength=b * num_regions).cumsum(0).tolist()
+    return SortedRows(order, inverse, ends)
 
 
 class Span(NamedTuple):
-    """A run of one sample's region-sorted pixels and the regions it holds.
+    """Sorted rows ``lo:hi`` and their groups: ``segments`` lists ``(group, a, b)``, rows
+    ``lo + a : lo + b`` belong to ``group``."""
 
-    ``pixels`` (Tensor[n], int64) are the pixels in region order; ``segments`` lists
-    ``(region, lo, hi)``: rows ``lo:hi`` of the span belong to ``region``.
-    """
-
-    pixels: torch.Tensor
+    lo: int
+    hi: int
     segments: List[Tuple[int, int, int]]
 
 
-def region_spans(region: torch.Tensor, num_regions: int, max_rows: int) -> Iterator[Span]:
-    """Sort one sample's pixels by region and cut them into spans of at most ``max_rows``.
+def spans(ends: List[int], max_rows: int) -> Iterator[Span]:
+    """Cut the sorted rows (group ends ``ends``) into spans of at most ``max_rows``."""
+    total = ends[-1]
+    g = 0
+    for lo in range(0, total, max_rows):
+        hi = min(lo + max_rows, total)
+        segments = []
+        while g < len(ends) and ends[g] <= lo:
+            g += 1
+        for group in range(g, len(ends)):
+            start = ends[group - 1] if group else 0
+            if start >= hi:
+                break
+            if ends[group] > start:
+                segments.append((group, max(start, lo) - lo, min(ends[group], hi) - lo))
+        yield Span(lo, hi, segments)
+
+
+def span_taps(index: Tensor, pixels: Tensor, rows_per_sample: int) -> Tensor:
+    """Flat input rows read by sorted ``pixels`` (Tensor[n]: flat pixels b * L + p): (n, kh*kw).
 
     Args:
-        region (Tensor[L]): region of each output pixel.
-        num_regions (int): m.
-        max_rows (int): longest span yielded.
+        index (Tensor[L, kh * kw]): patch index.
+        rows_per_sample (int): P, input rows per sample.
     """
-    order = torch.argsort(region, stable=True)
-    ends = torch.bincount(region, minlength=num_regions).cumsum(0).tolist()
-    starts = [0] + ends[:-1]
-    for lo in range(0, region.numel(), max_rows):
-        hi = min(lo + max_rows, region.numel())
-        segments = [(r, max(a, lo) - lo, min(b, hi) - lo)
-                    for r, (a, b) in enumerate(zip(starts, ends)) if min(b, hi) > max(a, lo)]
-        yield Span(order[lo:hi], segments)
+    sample, pixel = pixels.div(index.shape[0], rounding_mode='floor'), pixels % index.shape[0]
+    return index.index_select(0, pixel) + (sample * rows_per_sample)[:, None]
 
 
-def gather_patches(padded: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Patches from one sample's padded input (P, C) at ``taps`` (n, kh * kw): (n, kh * kw * C)."""
-    return padded.index_select(0, taps.view(-1)).view(taps.shape[0], -1)
+def gather_patches(rows: Tensor, taps: Tensor, buffer: Tensor) -> Tensor:
+    """Patches from the flat input rows (B * P, C) at ``taps`` (n, kh * kw): (n, kh * kw * C).
+
+    Written into the start of ``buffer`` (1-D, at least n * kh * kw * C elements), reused by
+    every span of a call so each call touches fresh memory once.
+    """
+    n, c = taps.numel(), rows.shape[1]
+    out = buffer[:n * c].view(n, c)
+    torch.index_select(rows, 0, taps.view(-1), out=out)
+    return out.view(taps.shape[0], -1)
 
 
-def forward(padded: torch.Tensor, filters: torch.Tensor, region: torch.Tensor,
-            index: torch.Tensor) -> torch.Tensor:
+def forward(rows: Tensor, filters: Tensor, region: Tensor, index: Tensor) -> Tensor:
     """Selected-filter convolution, rows out.
 
     Args:
-        padded (Tensor[B, P, C_in]): padded channels-last input.
+        rows (Tensor[B, P, C_in]): input rows with their zero row (:func:`to_rows`).
         filters (Tensor[B, m, C_out, K]): per-sample region filters.
         region (Tensor[B, L]): region of each output pixel.
         index (Tensor[L, kh * kw]): patch index.
@@ -101,67 +161,100 @@ def forward(padded: torch.Tensor, filters: torch.Tensor, region: torch.Tensor,
         Tensor[B, L, C_out]: output rows (channels-last).
     """
     b, m, c_out, k = filters.shape
-    out = padded.new_empty(b, region.shape[1], c_out)
+    flat_rows, flat_filters = rows.view(-1, rows.shape[2]), filters.view(b * m, c_out, k)
+    order, inverse, ends = sort_by_region(region, m)
+    out = rows.new_empty(order.numel(), c_out)  # sorted order
     max_rows = max(1, PIECE_ELEMENTS // k)
-    for s in range(b):
-        for span in region_spans(region[s], m, max_rows):
-            rows = gather_patches(padded[s], index.index_select(0, span.pixels))
-            span_out = rows.new_empty(rows.shape[0], c_out)
-            for r, lo, hi in span.segments:
-                torch.mm(rows[lo:hi], filters[s, r].t(), out=span_out[lo:hi])
-            out[s].index_copy_(0, span.pixels, span_out)
-    return out
+    patches_buffer = rows.new_empty(min(max_rows, order.numel()) * k)
+    for span in spans(ends, max_rows):
+        taps = span_taps(index, order[span.lo:span.hi], rows.shape[1])
+        patches = gather_patches(flat_rows, taps, patches_buffer)
+        for g, lo, hi in span.segments:
+            torch.mm(patches[lo:hi], flat_filters[g].t(), out=out[span.lo + lo:span.lo + hi])
+    return out.index_select(0, inverse).view(b, -1, c_out)
 
 
-def backward(grad_rows: torch.Tensor, padded: torch.Tensor, filters: torch.Tensor,
-             region: torch.Tensor, index: torch.Tensor, need_input: bool, need_filters: bool,
-             scores_of: Optional[str]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
-                                                Optional[torch.Tensor]]:
+def backward(grad_out: Tensor, rows: Tensor, filters: Tensor, region: Tensor, index: Tensor,
+             need_input: bool, need_filters: bool, scores_of: Optional[str]
+             ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients of :func:`forward`, on the same sorted spans.
 
     Args:
-        grad_rows (Tensor[B, L, C_out]): gradient of the output rows.
-        padded, filters, region, index: as in :func:`forward`.
+        grad_out (Tensor[B, L, C_out]): gradient of the output rows.
+        rows, filters, region, index: as in :func:`forward`.
         need_input, need_filters (bool): whether to compute those gradients.
         scores_of (str or None): None, ``'all'`` (every region's score: one dense GEMM against
-            all m filters per span, m convolutions' worth of work) or ``'selected'`` (the
-            selected region's score only, almost free).
+            the sample's m filters per span, m convolutions' worth of work) or ``'selected'``
+            (the selected region's score only, almost free).
 
     Returns:
-        (grad_padded, grad_filters, scores): Tensor[B, P, C_in], Tensor[B, m, C_out, K] and
-        scores, Tensor[B, L, m] (``'all'``) or Tensor[B, L] (``'selected'``), or None each.
-        ``scores[b, p, j]`` is the inner product of the output gradient at p with region j's
-        response at p, <dL/dy_p, (W[b, j] * x)_p>, what the guide gradient is made of.
+        (grad_rows, grad_filters, scores): Tensor[B, P, C_in] (the zero rows' entries are
+        meaningless), Tensor[B, m, C_out, K] and scores, Tensor[B, L, m] (``'all'``) or
+        Tensor[B, L] (``'selected'``), or None each. ``scores[b, p, j]`` is the inner product of
+        the output gradient at p with region j's response at p, <dL/dy_p, (W[b, j] * x)_p>,
+        what the guide gradient is made of.
     """
     b, m, c_out, k = filters.shape
-    c_in = padded.shape[2]
-    grad_padded = torch.zeros_like(padded) if need_input else None
-    grad_filters = torch.empty_like(filters) if need_filters else None
+    c_in = rows.shape[2]
+    flat_rows, flat_filters = rows.view(-1, c_in), filters.view(b * m, c_out, k)
+    flat_grad = grad_out.reshape(-1, c_out)
+    order, inverse, ends = sort_by_region(region, m)
+    grad_rows = torch.zeros_like(flat_rows) if need_input else None
+    grad_filters = torch.empty_like(flat_filters) if need_filters else None
+    written = [False] * (b * m)  # groups whose filter gradient holds a value
     scores = None
     if scores_of is not None:
-        scores = padded.new_empty((b, region.shape[1], m) if scores_of == 'all' else region.shape)
-    max_rows = max(1, PIECE_ELEMENTS // (max(k, m * c_out) if scores_of == 'all' else k))
-    for s in range(b):
-        unwritten = set(range(m))  # regions whose filter gradient is not written yet
-        for span in region_spans(region[s], m, max_rows):
-            taps = index.index_select(0, span.pixels)
-            rows = gather_patches(padded[s], taps)
-            grad = grad_rows[s].index_select(0, span.pixels)
-            grad_patches = torch.empty_like(rows)
-            for r, lo, hi in span.segments:
-                if need_filters:
-                    grad_filters[s, r].addmm_(grad[lo:hi].t(), rows[lo:hi],
-                                              beta=0 if r in unwritten else 1)
-                    unwritten.discard(r)
-                torch.mm(grad[lo:hi], filters[s, r], out=grad_patches[lo:hi])
-            if need_input:
-                grad_padded[s].index_add_(0, taps.view(-1), grad_patches.view(-1, c_in))
-            if scores_of == 'all':
-                responses = torch.mm(rows, filters[s].reshape(m * c_out, k).t())
-                span_scores = torch.bmm(responses.view(-1, m, c_out), grad.unsqueeze(2))
-                scores[s].index_copy_(0, span.pixels, span_scores.squeeze(2))
-            elif scores_of == 'selected':
-                scores[s].index_copy_(0, span.pixels, (grad_patches * rows).sum(1))
-        if need_filters:
-            grad_filters[s, list(unwritten)] = 0  # regions without pixels get no gradient
-    return grad_padded, grad_filters, scores
+        scores = rows.new_empty((order.numel(), m) if scores_of == 'all' else order.numel())
+    max_rows = max(1, PIECE_ELEMENTS // k)
+    patches_buffer = rows.new_empty(min(max_rows, order.numel()) * k)
+    grad_patches_buffer = torch.empty_like(patches_buffer)
+    if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
+        responses_buffer = rows.new_empty(min(RESPONSE_ROWS, max_rows), m, c_out)
+    for span in spans(ends, max_rows):
+        taps = span_taps(index, order[span.lo:span.hi], rows.shape[1])
+        patches = gather_patches(flat_rows, taps, patches_buffer)
+        grad = flat_grad.index_select(0, order[span.lo:span.hi])
+        grad_patches = grad_patches_buffer[:patches.numel()].view_as(patches)
+        for g, lo, hi in span.segments:
+            if need_filters:
+                grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi],
+                                       beta=1 if written[g] else 0)
+                written[g] = True
+            torch.mm(grad[lo:hi], flat_filters[g], out=grad_patches[lo:hi])
+        if need_input:
+            grad_rows.index_add_(0, taps.view(-1), grad_patches.view(-1, c_in))
+        if scores_of == 'all':
+            for s, lo, hi in sample_runs(span.segments, m):
+                every_filter = filters[s].view(m * c_out, k).t()
+                for a in range(lo, hi, responses_buffer.shape[0]):
+                    z = min(a + responses_buffer.shape[0], hi)
+                    responses = responses_buffer[:z - a]
+                    torch.mm(patches[a:z], every_filter, out=responses.view(z - a, -1))
+                    torch.sum(responses.mul_(grad[a:z, None, :]), 2,
+                              out=scores[span.lo + a:span.lo + z])
+        elif scores_of == 'selected':
+            torch.sum(grad_patches.mul_(patches), 1, out=scores[span.lo:span.hi])
+    if need_filters:
+        grad_filters[[g for g in range(b * m) if not written[g]]] = 0  # groups without pixels
+        grad_filters = grad_filters.view_as(filters)
+    if need_input:
+        grad_rows = grad_rows.view_as(rows)
+    if scores is not None:
+        scores = scores.index_select(0, inverse).view(b, -1, *scores.shape[1:])
+    return grad_rows, grad_filters, scores
+
+
+def sample_runs(segments: List[Tuple[int, int, int]], num_regions: int
+                ) -> Iterator[Tuple[int, int, int]]:
+    """Merge a span's segments into ``(sample, a, b)`` runs, one per sample they hold."""
+    run = None
+    for g, lo, hi in segments:
+        s = g // num_regions
+        if run is not None and run[0] == s:
+            run = (s, run[1], hi)
+        else:
+            if run is not None:
+                yield run
+            run = (s, lo, hi)
+    if run is not None:
+        yield run
