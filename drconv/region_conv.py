@@ -108,8 +108,8 @@ class RegionConvFunction(torch.autograd.Function):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
         else:
-            rows = region_gemm.forward(region_gemm.to_rows(x, zero_row=True), filters, region,
-                                       index)
+            rows = region_gemm.to_rows(x, zero_row=any(geo.padding))
+            rows = region_gemm.forward(rows, filters, region, index)
         ctx.save_for_backward(x, filters, guide, region, index)
         ctx.geo = geo
         ctx.guide_grad = guide_grad
@@ -124,7 +124,7 @@ class RegionConvFunction(torch.autograd.Function):
         _, m, c_out, _ = filters.shape
         grad_rows = region_gemm.to_rows(grad_out)
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
-        rows = region_gemm.to_rows(x, zero_row=True)
+        rows = region_gemm.to_rows(x, zero_row=any(ctx.geo.padding))
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
         grad_x_rows, grad_filters, scores = region_gemm.backward(
             grad_rows, rows, filters, region, index, need_x, need_w, scores_of)

@@ -6,10 +6,11 @@ k x k input patches are gathered straight from the channels-last input (im2col f
 gather: one ``index_select`` of whole ``C_in`` vectors; taps in the zero padding read a zero row
 kept after each sample's pixels), and each group's run is multiplied by that group's filter only.
 The sorted rows are cut into spans of bounded size, so the working memory does not grow with the
-image, and results go back to pixel order with one gather by the inverse permutation.
+image; scratch buffers are allocated once per call and reused by every span; results go back to
+pixel order with one gather by the inverse permutation.
 
-Layouts used here (``L = H_out * W_out``, ``P = H * W + 1``, ``K = kh * kw * C_in``):
-    input rows      (B, P, C_in)        channels-last pixels, then one zero row
+Layouts used here (``L = H_out * W_out``, ``P = H * W`` plus 1 if padded, ``K = kh * kw * C_in``):
+    input rows      (B, P, C_in)        channels-last pixels, then the zero row if padded
     filters         (B, m, C_out, K)    K ordered (kh, kw, C_in)
     patch index     (L, kh * kw)        input row read by each tap (``H * W``: the zero row)
     output rows     (B, L, C_out)       channels-last
@@ -60,7 +61,8 @@ def patch_index(input_size: Tuple[int, int], output_size: Tuple[int, int], geo: 
                 device: torch.device) -> Tensor:
     """Input row read by each output pixel's taps: (L, kh * kw), int64.
 
-    Taps that fall in the zero padding read row ``H * W``, the zero row of :func:`to_rows`.
+    Taps that fall in the zero padding read row ``H * W``, the zero row of :func:`to_rows`
+    (there are none without padding).
     """
     (h, w), (kh, kw) = input_size, geo.kernel
     (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
@@ -152,7 +154,7 @@ def forward(rows: Tensor, filters: Tensor, region: Tensor, index: Tensor) -> Ten
     """Selected-filter convolution, rows out.
 
     Args:
-        rows (Tensor[B, P, C_in]): input rows with their zero row (:func:`to_rows`).
+        rows (Tensor[B, P, C_in]): input rows (:func:`to_rows`), with the zero row if padded.
         filters (Tensor[B, m, C_out, K]): per-sample region filters.
         region (Tensor[B, L]): region of each output pixel.
         index (Tensor[L, kh * kw]): patch index.

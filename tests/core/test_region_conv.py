@@ -118,16 +118,28 @@ def test_bfloat16_under_cpu_autocast():
     torch.testing.assert_close(out.float(), want, rtol=5e-2, atol=1e-1)
 
 
-def test_large_image_is_cut_into_spans(monkeypatch):
-    """Spans shorter than a region run split it; results are unchanged."""
+@pytest.mark.parametrize('piece_elements,response_rows', [(100, 512), (1 << 20, 3), (100, 2)])
+def test_large_image_is_cut_into_spans(monkeypatch, piece_elements, response_rows):
+    """Spans shorter than a region run split it, and so do the chunks of all-region responses;
+    results are unchanged."""
     from drconv import region_gemm
     x, weight, guide = make_inputs(2, 3, 4, (16, 16), 3, 1, 1, 1, 2, seed=5)
     grad_out = torch.randn(2, 4, 16, 16, dtype=torch.float64)
     want = grads(region_conv, (x, weight, guide), grad_out, padding=1)
-    monkeypatch.setattr(region_gemm, 'PIECE_ELEMENTS', 100)
+    monkeypatch.setattr(region_gemm, 'PIECE_ELEMENTS', piece_elements)
+    monkeypatch.setattr(region_gemm, 'RESPONSE_ROWS', response_rows)
     got = grads(region_conv, (x, weight, guide), grad_out, padding=1)
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e)
+
+
+def test_spans_cover_every_row_once():
+    from drconv.region_gemm import spans
+    ends = [0, 3, 3, 10, 11, 11, 17]  # groups 0, 2 and 5 are empty
+    got = [(span.lo, span.hi, span.segments) for span in spans(ends, 4)]
+    assert got == [(0, 4, [(1, 0, 3), (3, 3, 4)]), (4, 8, [(3, 0, 4)]),
+                   (8, 12, [(3, 0, 2), (4, 2, 3), (6, 3, 4)]), (12, 16, [(6, 0, 4)]),
+                   (16, 17, [(6, 0, 1)])]
 
 
 BAD = {
