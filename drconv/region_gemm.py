@@ -6,8 +6,8 @@ k x k input patches are gathered straight from the channels-last input (im2col f
 gather: one ``index_select`` of whole ``C_in`` vectors; taps in the zero padding read a zero row
 kept after each sample's pixels), and each group's run is multiplied by that group's filter only.
 The sorted rows are cut into spans of bounded size, so the working memory does not grow with the
-image; scratch buffers are allocated once per call and reused by every span; results go back to
-pixel order with one gather by the inverse permutation.
+image; scratch buffers are allocated once per call and reused by every span, and each span's
+results are copied to their pixels.
 
 Layouts used here (``L = H_out * W_out``, ``P = H * W`` plus 1 if padded, ``K = kh * kw * C_in``):
     input rows      (B, P, C_in)        channels-last pixels, then the zero row if padded
@@ -79,13 +79,11 @@ def patch_index(input_size: Tuple[int, int], output_size: Tuple[int, int], geo: 
 class SortedRows(NamedTuple):
     """A batch's output pixels sorted by group ``g = sample * m + region``.
 
-    ``order`` (Tensor[B * L]): flat pixel ``b * L + p`` of each sorted row; ``inverse``
-    (Tensor[B * L]): sorted row of each flat pixel; ``ends`` (List[int], B * m entries): the end
-    of each group's rows.
+    ``order`` (Tensor[B * L]): flat pixel ``b * L + p`` of each sorted row; ``ends`` (List[int],
+    B * m entries): the end of each group's rows.
     """
 
     order: Tensor
-    inverse: Tensor
     ends: List[int]
 
 
@@ -94,10 +92,8 @@ def sort_by_region(region: Tensor, num_regions: int) -> SortedRows:
     b, l = region.shape
     group = (region + torch.arange(b, device=region.device)[:, None] * num_regions).view(-1)
     order = torch.argsort(group, stable=True)
-    inverse = torch.empty_like(order).index_copy_(
-        0, order, torch.arange(order.numel(), device=order.device))
     ends = torch.bincount(group, minlength=b * num_regions).cumsum(0).tolist()
-    return SortedRows(order, inverse, ends)
+    return SortedRows(order, ends)
 
 
 class Span(NamedTuple):
@@ -127,15 +123,16 @@ def spans(ends: List[int], max_rows: int) -> Iterator[Span]:
         yield Span(lo, hi, segments)
 
 
-def span_taps(index: Tensor, pixels: Tensor, rows_per_sample: int) -> Tensor:
-    """Flat input rows read by sorted ``pixels`` (Tensor[n]: flat pixels b * L + p): (n, kh*kw).
+def sorted_taps(index: Tensor, order: Tensor, rows_per_sample: int) -> Tensor:
+    """Flat input rows read by each sorted row's taps: (B * L, kh * kw).
 
     Args:
         index (Tensor[L, kh * kw]): patch index.
+        order (Tensor[B * L]): flat pixel ``b * L + p`` of each sorted row.
         rows_per_sample (int): P, input rows per sample.
     """
-    sample, pixel = pixels.div(index.shape[0], rounding_mode='floor'), pixels % index.shape[0]
-    return index.index_select(0, pixel) + (sample * rows_per_sample)[:, None]
+    sample, pixel = order.div(index.shape[0], rounding_mode='floor'), order % index.shape[0]
+    return index.index_select(0, pixel).add_((sample * rows_per_sample)[:, None])
 
 
 def gather_patches(rows: Tensor, taps: Tensor, buffer: Tensor) -> Tensor:
@@ -164,16 +161,19 @@ def forward(rows: Tensor, filters: Tensor, region: Tensor, index: Tensor) -> Ten
     """
     b, m, c_out, k = filters.shape
     flat_rows, flat_filters = rows.view(-1, rows.shape[2]), filters.view(b * m, c_out, k)
-    order, inverse, ends = sort_by_region(region, m)
-    out = rows.new_empty(order.numel(), c_out)  # sorted order
+    order, ends = sort_by_region(region, m)
+    taps = sorted_taps(index, order, rows.shape[1])
+    out = rows.new_empty(order.numel(), c_out)
     max_rows = max(1, PIECE_ELEMENTS // k)
     patches_buffer = rows.new_empty(min(max_rows, order.numel()) * k)
+    span_out_buffer = rows.new_empty(min(max_rows, order.numel()), c_out)
     for span in spans(ends, max_rows):
-        taps = span_taps(index, order[span.lo:span.hi], rows.shape[1])
-        patches = gather_patches(flat_rows, taps, patches_buffer)
+        patches = gather_patches(flat_rows, taps[span.lo:span.hi], patches_buffer)
+        span_out = span_out_buffer[:span.hi - span.lo]
         for g, lo, hi in span.segments:
-            torch.mm(patches[lo:hi], flat_filters[g].t(), out=out[span.lo + lo:span.lo + hi])
-    return out.index_select(0, inverse).view(b, -1, c_out)
+            torch.mm(patches[lo:hi], flat_filters[g].t(), out=span_out[lo:hi])
+        out.index_copy_(0, order[span.lo:span.hi], span_out)
+    return out.view(b, -1, c_out)
 
 
 def backward(grad_out: Tensor, rows: Tensor, filters: Tensor, region: Tensor, index: Tensor,
@@ -200,7 +200,8 @@ def backward(grad_out: Tensor, rows: Tensor, filters: Tensor, region: Tensor, in
     c_in = rows.shape[2]
     flat_rows, flat_filters = rows.view(-1, c_in), filters.view(b * m, c_out, k)
     flat_grad = grad_out.reshape(-1, c_out)
-    order, inverse, ends = sort_by_region(region, m)
+    order, ends = sort_by_region(region, m)
+    all_taps = sorted_taps(index, order, rows.shape[1])
     grad_rows = torch.zeros_like(flat_rows) if need_input else None
     grad_filters = torch.empty_like(flat_filters) if need_filters else None
     written = [False] * (b * m)  # groups whose filter gradient holds a value
@@ -213,7 +214,7 @@ def backward(grad_out: Tensor, rows: Tensor, filters: Tensor, region: Tensor, in
     if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
         responses_buffer = rows.new_empty(min(RESPONSE_ROWS, max_rows), m, c_out)
     for span in spans(ends, max_rows):
-        taps = span_taps(index, order[span.lo:span.hi], rows.shape[1])
+        taps = all_taps[span.lo:span.hi]
         patches = gather_patches(flat_rows, taps, patches_buffer)
         grad = flat_grad.index_select(0, order[span.lo:span.hi])
         grad_patches = grad_patches_buffer[:patches.numel()].view_as(patches)
@@ -242,7 +243,8 @@ def backward(grad_out: Tensor, rows: Tensor, filters: Tensor, region: Tensor, in
     if need_input:
         grad_rows = grad_rows.view_as(rows)
     if scores is not None:
-        scores = scores.index_select(0, inverse).view(b, -1, *scores.shape[1:])
+        scores = torch.empty_like(scores).index_copy_(0, order, scores).view(
+            b, -1, *scores.shape[1:])
     return grad_rows, grad_filters, scores
 
 
