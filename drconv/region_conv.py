@@ -108,8 +108,7 @@ class RegionConvFunction(torch.autograd.Function):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
         else:
-            rows = region_gemm.to_rows(x, zero_row=any(geo.padding))
-            rows = region_gemm.forward(rows, filters, region, index)
+            rows = region_gemm.forward(x, filters, region, index, any(geo.padding))
         ctx.save_for_backward(x, filters, guide, region, index)
         ctx.geo = geo
         ctx.guide_grad = guide_grad
@@ -122,12 +121,11 @@ class RegionConvFunction(torch.autograd.Function):
         x, filters, guide, region, index = ctx.saved_tensors
         b, c_in, h, w = x.shape
         _, m, c_out, _ = filters.shape
-        grad_rows = region_gemm.to_rows(grad_out)
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
-        rows = region_gemm.to_rows(x, zero_row=any(ctx.geo.padding))
+        zero_row = any(ctx.geo.padding)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
         grad_x_rows, grad_filters, scores = region_gemm.backward(
-            grad_rows, rows, filters, region, index, need_x, need_w, scores_of)
+            grad_out, x, filters, region, index, zero_row, need_x, need_w, scores_of)
         grad_x = grad_w = grad_g = None
         if need_x:
             grad_x = grad_x_rows[:, :h * w].view(b, h, w, c_in).permute(0, 3, 1, 2)
@@ -139,7 +137,7 @@ class RegionConvFunction(torch.autograd.Function):
             others = guide.scatter(1, region.view(b, 1, *guide.shape[2:]), float('-inf'))
             second = others.max(dim=1).indices.view(b, -1)
             _, _, second_scores = region_gemm.backward(
-                grad_rows, rows, filters, second, index, False, False, 'selected')
+                grad_out, x, filters, second, index, zero_row, False, False, 'selected')
             grad_g = top2_guide_gradient(guide, region, second, scores, second_scores)
         return grad_x, grad_w, grad_g, None, None
 

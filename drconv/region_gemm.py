@@ -105,22 +105,28 @@ class Span(NamedTuple):
     segments: List[Tuple[int, int, int]]
 
 
-def spans(ends: List[int], max_rows: int) -> Iterator[Span]:
-    """Cut the sorted rows (group ends ``ends``) into spans of at most ``max_rows``."""
+def spans(ends: List[int], max_rows: int, regions: Optional[int] = None) -> Iterator[Span]:
+    """Cut the sorted rows (group ends ``ends``) into spans of at most ``max_rows``.
+
+    With ``regions`` (m), spans are also cut where a sample's rows end, so each holds one sample.
+    """
     total = ends[-1]
-    g = 0
-    for lo in range(0, total, max_rows):
-        hi = min(lo + max_rows, total)
-        segments = []
-        while g < len(ends) and ends[g] <= lo:
-            g += 1
-        for group in range(g, len(ends)):
-            start = ends[group - 1] if group else 0
-            if start >= hi:
-                break
-            if ends[group] > start:
-                segments.append((group, max(start, lo) - lo, min(ends[group], hi) - lo))
-        yield Span(lo, hi, segments)
+    stops = ends[regions - 1::regions] if regions else [total]
+    g, start = 0, 0
+    for stop in stops:
+        for lo in range(start, stop, max_rows):
+            hi = min(lo + max_rows, stop)
+            segments = []
+            while g < len(ends) and ends[g] <= lo:
+                g += 1
+            for group in range(g, len(ends)):
+                first = ends[group - 1] if group else 0
+                if first >= hi:
+                    break
+                if ends[group] > first:
+                    segments.append((group, max(first, lo) - lo, min(ends[group], hi) - lo))
+            yield Span(lo, hi, segments)
+        start = stop
 
 
 def sorted_taps(index: Tensor, order: Tensor, rows_per_sample: int) -> Tensor:
@@ -135,6 +141,42 @@ def sorted_taps(index: Tensor, order: Tensor, rows_per_sample: int) -> Tensor:
     return index.index_select(0, pixel).add_((sample * rows_per_sample)[:, None])
 
 
+class Patches:
+    """Reads a (B, C, H, W) tensor at the taps of the sorted rows, one span at a time.
+
+    Two ways, same results. Rows: a channels-last copy (:func:`to_rows`; a view when the tensor
+    is channels-last already) gathered row-wise, whole C vectors per tap; any kernel. Columns, for
+    one tap per pixel (a 1x1 kernel without padding) on a contiguous NCHW tensor: the tensor itself
+    gathered column-wise, one sample at a time, with no copy; the patches are then a transposed
+    view, and spans must hold one sample (:attr:`per_sample`).
+
+    Args:
+        t (Tensor[B, C, H, W]): the tensor read.
+        index (Tensor[L, kh * kw]): patch index (:func:`patch_index`).
+        order (Tensor[B * L]): flat pixel of each sorted row (:func:`sort_by_region`).
+        zero_row (bool): whether ``index`` reads the zero row (the convolution pads).
+    """
+
+    def __init__(self, t: Tensor, index: Tensor, order: Tensor, zero_row: bool):
+        b, c, h, w = t.shape
+        self.per_sample = index.shape[1] == 1 and not zero_row and t.is_contiguous()
+        self.rows_per_sample = h * w + int(zero_row)
+        if self.per_sample:
+            self.source = t.view(b, c, h * w)
+            self.pixels = index.view(-1).index_select(0, order % index.shape[0])
+        else:
+            self.source = to_rows(t, zero_row).view(-1, c)
+        # flat input rows (B * P) read by each sorted row, (B * L, kh * kw)
+        self.taps = sorted_taps(index, order, self.rows_per_sample)
+
+    def gather(self, span: Span, regions: int, buffer: Tensor) -> Tensor:
+        """The span's patches, (n, kh * kw * C): in ``buffer`` (rows) or a transposed view."""
+        if self.per_sample:
+            sample = span.segments[0][0] // regions
+            return self.source[sample].index_select(1, self.pixels[span.lo:span.hi]).t()
+        return gather_patches(self.source, self.taps[span.lo:span.hi], buffer)
+
+
 def gather_patches(rows: Tensor, taps: Tensor, buffer: Tensor) -> Tensor:
     """Patches from the flat input rows (B * P, C) at ``taps`` (n, kh * kw): (n, kh * kw * C).
 
@@ -147,28 +189,29 @@ def gather_patches(rows: Tensor, taps: Tensor, buffer: Tensor) -> Tensor:
     return out.view(taps.shape[0], -1)
 
 
-def forward(rows: Tensor, filters: Tensor, region: Tensor, index: Tensor) -> Tensor:
+def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row: bool) -> Tensor:
     """Selected-filter convolution, rows out.
 
     Args:
-        rows (Tensor[B, P, C_in]): input rows (:func:`to_rows`), with the zero row if padded.
+        x (Tensor[B, C_in, H, W]): input.
         filters (Tensor[B, m, C_out, K]): per-sample region filters.
         region (Tensor[B, L]): region of each output pixel.
         index (Tensor[L, kh * kw]): patch index.
+        zero_row (bool): whether the convolution pads (``index`` reads the zero row).
 
     Returns:
         Tensor[B, L, C_out]: output rows (channels-last).
     """
     b, m, c_out, k = filters.shape
-    flat_rows, flat_filters = rows.view(-1, rows.shape[2]), filters.view(b * m, c_out, k)
+    flat_filters = filters.view(b * m, c_out, k)
     order, ends = sort_by_region(region, m)
-    taps = sorted_taps(index, order, rows.shape[1])
-    out = rows.new_empty(order.numel(), c_out)
+    patches_of = Patches(x, index, order, zero_row)
+    out = x.new_empty(order.numel(), c_out)
     max_rows = max(1, PIECE_ELEMENTS // k)
-    patches_buffer = rows.new_empty(min(max_rows, order.numel()) * k)
-    span_out_buffer = rows.new_empty(min(max_rows, order.numel()), c_out)
-    for span in spans(ends, max_rows):
-        patches = gather_patches(flat_rows, taps[span.lo:span.hi], patches_buffer)
+    patches_buffer = x.new_empty(0 if patches_of.per_sample else min(max_rows, order.numel()) * k)
+    span_out_buffer = x.new_empty(min(max_rows, order.numel()), c_out)
+    for span in spans(ends, max_rows, m if patches_of.per_sample else None):
+        patches = patches_of.gather(span, m, patches_buffer)
         span_out = span_out_buffer[:span.hi - span.lo]
         for g, lo, hi in span.segments:
             torch.mm(patches[lo:hi], flat_filters[g].t(), out=span_out[lo:hi])
@@ -176,48 +219,50 @@ def forward(rows: Tensor, filters: Tensor, region: Tensor, index: Tensor) -> Ten
     return out.view(b, -1, c_out)
 
 
-def backward(grad_out: Tensor, rows: Tensor, filters: Tensor, region: Tensor, index: Tensor,
-             need_input: bool, need_filters: bool, scores_of: Optional[str]
+def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index: Tensor,
+             zero_row: bool, need_input: bool, need_filters: bool, scores_of: Optional[str]
              ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients of :func:`forward`, on the same sorted spans.
 
     Args:
-        grad_out (Tensor[B, L, C_out]): gradient of the output rows.
-        rows, filters, region, index: as in :func:`forward`.
+        grad_out (Tensor[B, C_out, H_out, W_out]): gradient of the output.
+        x, filters, region, index, zero_row: as in :func:`forward`.
         need_input, need_filters (bool): whether to compute those gradients.
         scores_of (str or None): None, ``'all'`` (every region's score: one dense GEMM against
             the sample's m filters per span, m convolutions' worth of work) or ``'selected'``
             (the selected region's score only, almost free).
 
     Returns:
-        (grad_rows, grad_filters, scores): Tensor[B, P, C_in] (the zero rows' entries are
-        meaningless), Tensor[B, m, C_out, K] and scores, Tensor[B, L, m] (``'all'``) or
-        Tensor[B, L] (``'selected'``), or None each. ``scores[b, p, j]`` is the inner product of
-        the output gradient at p with region j's response at p, <dL/dy_p, (W[b, j] * x)_p>,
-        what the guide gradient is made of.
+        (grad_rows, grad_filters, scores): the input's gradient as rows, Tensor[B, P, C_in]
+        (the zero rows' entries are meaningless), Tensor[B, m, C_out, K] and scores,
+        Tensor[B, L, m] (``'all'``) or Tensor[B, L] (``'selected'``), or None each.
+        ``scores[b, p, j]`` is the inner product of the output gradient at p with region j's
+        response at p, <dL/dy_p, (W[b, j] * x)_p>, what the guide gradient is made of.
     """
     b, m, c_out, k = filters.shape
-    c_in = rows.shape[2]
-    flat_rows, flat_filters = rows.view(-1, c_in), filters.view(b * m, c_out, k)
-    flat_grad = grad_out.reshape(-1, c_out)
+    c_in = x.shape[1]
+    flat_filters = filters.view(b * m, c_out, k)
     order, ends = sort_by_region(region, m)
-    all_taps = sorted_taps(index, order, rows.shape[1])
-    grad_rows = torch.zeros_like(flat_rows) if need_input else None
+    patches_of = Patches(x, index, order, zero_row)
+    identity = torch.arange(index.shape[0], device=index.device)[:, None]
+    grads_of = Patches(grad_out, identity, order, False)
+    per_sample = patches_of.per_sample or grads_of.per_sample
+    grad_rows = (x.new_zeros(b * patches_of.rows_per_sample, c_in) if need_input else None)
     grad_filters = torch.empty_like(flat_filters) if need_filters else None
     written = [False] * (b * m)  # groups whose filter gradient holds a value
     scores = None
     if scores_of is not None:
-        scores = rows.new_empty((order.numel(), m) if scores_of == 'all' else order.numel())
+        scores = x.new_empty((order.numel(), m) if scores_of == 'all' else order.numel())
     max_rows = max(1, PIECE_ELEMENTS // k)
-    patches_buffer = rows.new_empty(min(max_rows, order.numel()) * k)
-    grad_patches_buffer = torch.empty_like(patches_buffer)
+    patches_buffer = x.new_empty(0 if patches_of.per_sample else min(max_rows, order.numel()) * k)
+    grad_buffer = x.new_empty(0 if grads_of.per_sample else min(max_rows, order.numel()) * c_out)
+    grad_patches_buffer = x.new_empty(min(max_rows, order.numel()) * k)
     if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
-        responses_buffer = rows.new_empty(min(RESPONSE_ROWS, max_rows), m, c_out)
-    for span in spans(ends, max_rows):
-        taps = all_taps[span.lo:span.hi]
-        patches = gather_patches(flat_rows, taps, patches_buffer)
-        grad = flat_grad.index_select(0, order[span.lo:span.hi])
-        grad_patches = grad_patches_buffer[:patches.numel()].view_as(patches)
+        responses_buffer = x.new_empty(min(RESPONSE_ROWS, max_rows), m, c_out)
+    for span in spans(ends, max_rows, m if per_sample else None):
+        patches = patches_of.gather(span, m, patches_buffer)
+        grad = grads_of.gather(span, m, grad_buffer)
+        grad_patches = grad_patches_buffer[:patches.numel()].view(patches.shape)
         for g, lo, hi in span.segments:
             if need_filters:
                 grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi],
@@ -225,7 +270,8 @@ def backward(grad_out: Tensor, rows: Tensor, filters: Tensor, region: Tensor, in
                 written[g] = True
             torch.mm(grad[lo:hi], flat_filters[g], out=grad_patches[lo:hi])
         if need_input:
-            grad_rows.index_add_(0, taps.view(-1), grad_patches.view(-1, c_in))
+            grad_rows.index_add_(0, patches_of.taps[span.lo:span.hi].view(-1),
+                                 grad_patches.view(-1, c_in))
         if scores_of == 'all':
             for s, lo, hi in sample_runs(span.segments, m):
                 every_filter = filters[s].view(m * c_out, k).t()
@@ -241,7 +287,7 @@ def backward(grad_out: Tensor, rows: Tensor, filters: Tensor, region: Tensor, in
         grad_filters[[g for g in range(b * m) if not written[g]]] = 0  # groups without pixels
         grad_filters = grad_filters.view_as(filters)
     if need_input:
-        grad_rows = grad_rows.view_as(rows)
+        grad_rows = grad_rows.view(b, patches_of.rows_per_sample, c_in)
     if scores is not None:
         scores = torch.empty_like(scores).index_copy_(0, order, scores).view(
             b, -1, *scores.shape[1:])

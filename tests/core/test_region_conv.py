@@ -109,6 +109,21 @@ def test_float32_and_channels_last_and_noncontiguous():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('x_layout,grad_layout', [('nchw', 'nchw'), ('nhwc', 'nchw'),
+                                                   ('nchw', 'nhwc'), ('nhwc', 'nhwc')])
+def test_pointwise_reads_columns_or_rows(x_layout, grad_layout):
+    """1x1 kernels read NCHW tensors column-wise and channels-last ones row-wise; same results."""
+    x, weight, guide = make_inputs(3, 4, 5, (9, 8), 1, 2, 0, 1, 3, seed=4)
+    grad_out = torch.randn(3, 5, 5, 4, dtype=torch.float64)
+    cl = torch.channels_last
+    x_in = x.contiguous(memory_format=cl) if x_layout == 'nhwc' else x
+    grad_in = grad_out.contiguous(memory_format=cl) if grad_layout == 'nhwc' else grad_out
+    got = grads(region_conv, (x_in, weight, guide), grad_in, stride=2)
+    want = grads(region_conv_dense, (x, weight, guide), grad_out, stride=2)
+    for name, a, e in zip(('output', 'd/dx', 'd/dweight', 'd/dguide'), got, want):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=name)
+
+
 def test_bfloat16_under_cpu_autocast():
     x, weight, guide = make_inputs(2, 4, 4, (8, 8), 3, 1, 1, 1, 3, dtype=torch.float32)
     with torch.autocast('cpu', dtype=torch.bfloat16):
