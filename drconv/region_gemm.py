@@ -258,7 +258,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     grad_buffer = x.new_empty(0 if grads_of.per_sample else min(max_rows, order.numel()) * c_out)
     grad_patches_buffer = x.new_empty(min(max_rows, order.numel()) * k)
     if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
-        responses_buffer = x.new_empty(min(RESPONSE_ROWS, max_rows), m, c_out)
+        responses_buffer = x.new_empty(min(RESPONSE_ROWS, max_rows) * m * c_out)
     for span in spans(ends, max_rows, m if per_sample else None):
         patches = patches_of.gather(span, m, patches_buffer)
         grad = grads_of.gather(span, m, grad_buffer)
@@ -274,13 +274,10 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
                                  grad_patches.view(-1, c_in))
         if scores_of == 'all':
             for s, lo, hi in sample_runs(span.segments, m):
-                every_filter = filters[s].view(m * c_out, k).t()
-                for a in range(lo, hi, responses_buffer.shape[0]):
-                    z = min(a + responses_buffer.shape[0], hi)
-                    responses = responses_buffer[:z - a]
-                    torch.mm(patches[a:z], every_filter, out=responses.view(z - a, -1))
-                    torch.sum(responses.mul_(grad[a:z, None, :]), 2,
-                              out=scores[span.lo + a:span.lo + z])
+                for a in range(lo, hi, responses_buffer.numel() // (m * c_out)):
+                    z = min(a + responses_buffer.numel() // (m * c_out), hi)
+                    region_scores(patches[a:z], grad[a:z], filters[s].view(m * c_out, k),
+                                  responses_buffer, scores[span.lo + a:span.lo + z])
         elif scores_of == 'selected':
             torch.sum(grad_patches.mul_(patches), 1, out=scores[span.lo:span.hi])
     if need_filters:
@@ -292,6 +289,29 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         scores = torch.empty_like(scores).index_copy_(0, order, scores).view(
             b, -1, *scores.shape[1:])
     return grad_rows, grad_filters, scores
+
+
+def region_scores(patches: Tensor, grad: Tensor, every_filter: Tensor, buffer: Tensor,
+                  out: Tensor) -> None:
+    """Every region's score at n pixels of one sample, into ``out`` (n, m).
+
+    Args:
+        patches (Tensor[n, K]): the pixels' patches (rows, or a transposed view of columns).
+        grad (Tensor[n, C_out]): the output gradient there (likewise); the responses are laid
+            out to match it.
+        every_filter (Tensor[m * C_out, K]): the sample's m filters.
+        buffer (Tensor): scratch of at least n * m * C_out elements for the responses.
+    """
+    n, (m_c, _) = patches.shape[0], every_filter.shape
+    c_out = grad.shape[1]
+    if grad.stride(1) != 1:  # read column-wise: responses as (m, C_out, n), no strided reads
+        responses = buffer[:m_c * n].view(m_c, n)
+        torch.mm(every_filter, patches.t(), out=responses)
+        out.copy_(responses.view(-1, c_out, n).mul_(grad.t()).sum(1).t())
+    else:
+        responses = buffer[:n * m_c].view(n, m_c)
+        torch.mm(patches, every_filter.t(), out=responses)
+        torch.sum(responses.view(n, -1, c_out).mul_(grad[:, None, :]), 2, out=out)
 
 
 def sample_runs(segments: List[Tuple[int, int, int]], num_regions: int
