@@ -36,6 +36,7 @@ ratio. Models are built without pretrained weights; nothing is downloaded.
 import argparse
 import inspect
 import json
+import os
 import os.path as osp
 import statistics
 import sys
@@ -396,8 +397,8 @@ def tables(report: Dict[str, Any]) -> str:
     env = report['environment']
     lines = [] if not report['layers'] else [
         f"device {env['device']}, {env['threads']} threads, {env['dtype']}, torch "
-        f"{env['torch']}, median of {env['repeat']} interleaved repetitions "
-        f"({env['warmup']} warm-up)", '']
+        f"{env['torch']}, OMP_WAIT_POLICY {env['omp_wait_policy']}, median of "
+        f"{env['repeat']} interleaved repetitions ({env['warmup']} warm-up)", '']
     layers = report['layers']
     if layers:
         variants = [v for v in layers[0]['ratio_to_conv'] if v.endswith('/forward')]
@@ -470,6 +471,7 @@ def main(argv=None) -> Dict[str, Any]:
             print(f'{s.label()}: done', file=sys.stderr, flush=True)
     report = dict(environment=dict(device=str(device), threads=torch.get_num_threads(),
                                    dtype=args.dtype, torch=torch.__version__,
+                                   omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', 'unset'),
                                    repeat=args.repeat, warmup=args.warmup,
                                    config=args.config, input_shape=list(args.input_shape),
                                    batch=args.batch),

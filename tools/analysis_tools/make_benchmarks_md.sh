@@ -38,8 +38,13 @@ section() {  # section TITLE COMMAND...: a heading, the command, and its stdout
 } >> "$body"
 
 B=tools/analysis_tools/benchmark_drconv.py
-section "The op on the issue's target layers" \
-  $PY $B --device "$DEVICE" --threads "$THREADS" --repeat "$REPEAT" --top2 --json "$OUT/target.json"
+# The target layers three times, each in a fresh process: on a shared VM the op's time moves
+# between processes (by up to 1.6x in our runs) while conv's barely does, so one run misleads.
+for run in 1 2 3; do
+  section "The op on the issue's target layers (run $run of 3, a fresh process each)" \
+    $PY $B --device "$DEVICE" --threads "$THREADS" --repeat "$REPEAT" --top2 \
+    --json "$OUT/target_$run.json"
+done
 section "The op on every DRConv layer of Faster R-CNN R50-FPN (c3-c5), 2 x 800x1333" \
   $PY $B --config $DET --input-shape 3 800 1333 --batch 2 --device "$DEVICE" \
   --threads "$THREADS" --repeat "$CONFIG_REPEAT" --json "$OUT/det_layers.json"
