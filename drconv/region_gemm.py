@@ -5,7 +5,8 @@ Every output pixel of the batch is a row. Rows are sorted by group ``g = sample 
 k x k input patches are gathered straight from the channels-last input (im2col fused with the
 gather: one ``index_select`` of whole ``C_in`` vectors; taps in the zero padding read a zero row
 kept after each sample's pixels), and each group's run is multiplied by that group's filter only.
-The sorted rows are cut into spans of bounded size, so the working memory does not grow with the
+A 1x1 kernel on an NCHW tensor gathers the tensor's own columns instead (:class:`Patches`). The
+sorted rows are cut into spans of bounded size, so the working memory does not grow with the
 image; scratch buffers are allocated once per call and reused by every span, and each span's
 results are copied to their pixels.
 
@@ -20,7 +21,7 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-# Elements one span may hold in its largest temporary (gathered patches or all-region responses).
+# Elements of gathered patches one span may hold (bounds the rows of a span).
 PIECE_ELEMENTS = 1 << 20
 # Rows of all-region responses (rows x m x C_out) computed at a time for the exact guide gradient.
 RESPONSE_ROWS = 512
@@ -247,7 +248,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     identity = torch.arange(index.shape[0], device=index.device)[:, None]
     grads_of = Patches(grad_out, identity, order, False)
     per_sample = patches_of.per_sample or grads_of.per_sample
-    grad_rows = (x.new_zeros(b * patches_of.rows_per_sample, c_in) if need_input else None)
+    grad_rows = x.new_zeros(b * patches_of.rows_per_sample, c_in) if need_input else None
     grad_filters = torch.empty_like(flat_filters) if need_filters else None
     written = [False] * (b * m)  # groups whose filter gradient holds a value
     scores = None
