@@ -107,28 +107,27 @@ class RegionConvFunction(torch.autograd.Function):
         if triton_forward.is_available(x):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
+            out = region_gemm.from_rows(rows, out_size, x)
         else:
-            rows = region_gemm.forward(x, filters, region, index, any(geo.padding))
+            out = region_gemm.forward(x, filters, region, index, any(geo.padding), out_size)
         ctx.save_for_backward(x, filters, guide, region, index)
         ctx.geo = geo
         ctx.guide_grad = guide_grad
         ctx.kernel = weight.shape[-2:]
-        return rows.view(b, *out_size, c_out).permute(0, 3, 1, 2)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, filters, guide, region, index = ctx.saved_tensors
-        b, c_in, h, w = x.shape
+        b, c_in = x.shape[:2]
         _, m, c_out, _ = filters.shape
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         zero_row = any(ctx.geo.padding)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
-        grad_x_rows, grad_filters, scores = region_gemm.backward(
+        grad_x, grad_filters, scores = region_gemm.backward(
             grad_out, x, filters, region, index, zero_row, need_x, need_w, scores_of)
-        grad_x = grad_w = grad_g = None
-        if need_x:
-            grad_x = grad_x_rows[:, :h * w].view(b, h, w, c_in).permute(0, 3, 1, 2)
+        grad_w = grad_g = None
         if need_w:
             grad_w = grad_filters.view(b, m, c_out, *ctx.kernel, c_in).permute(0, 1, 2, 5, 3, 4)
         if need_g and ctx.guide_grad == 'exact':
@@ -167,8 +166,8 @@ def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
             convolution's worth. Default: ``'exact'``
 
     Returns:
-        Tensor[batch_size, out_channels, out_height, out_width]: the output (its memory may be
-        channels-last).
+        Tensor[batch_size, out_channels, out_height, out_width]: the output, in the memory format
+        of x (channels-last when x is, else contiguous), as is the gradient x receives.
     """
     kernel = (weight.shape[-2], weight.shape[-1]) if weight.dim() == 6 else (1, 1)
     geo = region_gemm.Geometry(kernel, pair(stride, 'stride', 1), pair(padding, 'padding', 0),

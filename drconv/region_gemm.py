@@ -58,6 +58,20 @@ def to_rows(x: Tensor, zero_row: bool = False) -> Tensor:
     return rows
 
 
+def from_rows(rows: Tensor, size: Tuple[int, int], like: Tensor) -> Tensor:
+    """Rows (B, H * W, C) as a (B, C, H, W) tensor in the memory format of ``like``.
+
+    Channels-last ``like``: a view. Otherwise an NCHW copy, one 2-D transpose per sample.
+    """
+    b, _, c = rows.shape
+    if channels_last(like):
+        return rows.view(b, *size, c).permute(0, 3, 1, 2)
+    out = rows.new_empty(b, c, size[0] * size[1])
+    for s in range(b):
+        out[s].copy_(rows[s].t())
+    return out.view(b, c, *size)
+
+
 def patch_index(input_size: Tuple[int, int], output_size: Tuple[int, int], geo: Geometry,
                 device: torch.device) -> Tensor:
     """Input row read by each output pixel's taps: (L, kh * kw), int64.
@@ -170,8 +184,9 @@ class Patches:
         # flat input rows (B * P) read by each sorted row, (B * L, kh * kw)
         self.taps = sorted_taps(index, order, self.rows_per_sample)
 
-    def gather(self, span: Span, regions: int, buffer: Tensor) -> Tensor:
-        """The span's patches, (n, kh * kw * C): in ``buffer`` (rows) or a transposed view."""
+    def gather(self, span: Span, regions: int, buffer: Optional[Tensor] = None) -> Tensor:
+        """The span's patches, (n, kh * kw * C): in ``buffer`` (rows; needed then) or a
+        transposed view (columns)."""
         if self.per_sample:
             sample = span.segments[0][0] // regions
             return self.source[sample].index_select(1, self.pixels[span.lo:span.hi]).t()
@@ -190,8 +205,9 @@ def gather_patches(rows: Tensor, taps: Tensor, buffer: Tensor) -> Tensor:
     return out.view(taps.shape[0], -1)
 
 
-def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row: bool) -> Tensor:
-    """Selected-filter convolution, rows out.
+def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row: bool,
+            out_size: Tuple[int, int]) -> Tensor:
+    """Selected-filter convolution.
 
     Args:
         x (Tensor[B, C_in, H, W]): input.
@@ -199,25 +215,57 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
         region (Tensor[B, L]): region of each output pixel.
         index (Tensor[L, kh * kw]): patch index.
         zero_row (bool): whether the convolution pads (``index`` reads the zero row).
+        out_size (Tuple[int, int]): (H_out, W_out).
 
     Returns:
-        Tensor[B, L, C_out]: output rows (channels-last).
+        Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
     """
     b, m, c_out, k = filters.shape
     flat_filters = filters.view(b * m, c_out, k)
     order, ends = sort_by_region(region, m)
     patches_of = Patches(x, index, order, zero_row)
-    out = x.new_empty(order.numel(), c_out)
     max_rows = max(1, PIECE_ELEMENTS // k)
-    patches_buffer = x.new_empty(0 if patches_of.per_sample else min(max_rows, order.numel()) * k)
-    span_out_buffer = x.new_empty(min(max_rows, order.numel()), c_out)
-    for span in spans(ends, max_rows, m if patches_of.per_sample else None):
+    n = min(max_rows, order.numel())  # rows of the longest span
+    if patches_of.per_sample:  # NCHW in and out: each GEMM writes output columns
+        out = x.new_empty(b, c_out, order.numel() // b)
+        span_out_buffer = x.new_empty(c_out, n)
+        for span in spans(ends, max_rows, m):
+            columns = patches_of.gather(span, m).t()
+            span_out = span_out_buffer[:, :span.hi - span.lo]
+            for g, lo, hi in span.segments:
+                torch.mm(flat_filters[g], columns[:, lo:hi], out=span_out[:, lo:hi])
+            put_columns(out[span.segments[0][0] // m], order[span.lo:span.hi] % out.shape[2],
+                        span_out)
+        return out.view(b, c_out, *out_size)
+    out = x.new_empty(order.numel(), c_out)
+    patches_buffer = x.new_empty(n * k)
+    span_out_buffer = x.new_empty(n, c_out)
+    for span in spans(ends, max_rows):
         patches = patches_of.gather(span, m, patches_buffer)
         span_out = span_out_buffer[:span.hi - span.lo]
         for g, lo, hi in span.segments:
             torch.mm(patches[lo:hi], flat_filters[g].t(), out=span_out[lo:hi])
         out.index_copy_(0, order[span.lo:span.hi], span_out)
-    return out.view(b, -1, c_out)
+    return from_rows(out.view(b, -1, c_out), out_size, x)
+
+
+def channels_last(x: Tensor) -> bool:
+    """Whether ``x`` (B, C, H, W) is laid out channels-last (and not also contiguous)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def put_columns(out: Tensor, pixels: Tensor, columns: Tensor) -> None:
+    """``out[:, pixels] = columns`` for one sample's output (C_out, L) and columns (C_out, n).
+
+    A span holding all the sample's pixels is gathered back through the inverse permutation
+    (contiguous writes, about twice as fast); a part is scattered.
+    """
+    if pixels.numel() == out.shape[1]:
+        inverse = torch.empty_like(pixels).index_copy_(
+            0, pixels, torch.arange(pixels.numel(), device=pixels.device))
+        torch.index_select(columns, 1, inverse, out=out)
+    else:
+        out.index_copy_(1, pixels, columns)
 
 
 def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index: Tensor,
@@ -234,9 +282,9 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
             (the selected region's score only, almost free).
 
     Returns:
-        (grad_rows, grad_filters, scores): the input's gradient as rows, Tensor[B, P, C_in]
-        (the zero rows' entries are meaningless), Tensor[B, m, C_out, K] and scores,
-        Tensor[B, L, m] (``'all'``) or Tensor[B, L] (``'selected'``), or None each.
+        (grad_x, grad_filters, scores): Tensor[B, C_in, H, W] in the memory format of x,
+        Tensor[B, m, C_out, K] and scores, Tensor[B, L, m] (``'all'``) or Tensor[B, L]
+        (``'selected'``), or None each.
         ``scores[b, p, j]`` is the inner product of the output gradient at p with region j's
         response at p, <dL/dy_p, (W[b, j] * x)_p>, what the guide gradient is made of.
     """
@@ -248,7 +296,12 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     identity = torch.arange(index.shape[0], device=index.device)[:, None]
     grads_of = Patches(grad_out, identity, order, False)
     per_sample = patches_of.per_sample or grads_of.per_sample
-    grad_rows = x.new_zeros(b * patches_of.rows_per_sample, c_in) if need_input else None
+    columns = patches_of.per_sample  # x read (and its gradient written) column-wise
+    grad_x = None
+    if need_input and columns:  # a 1x1 kernel reads each input pixel at most once
+        grad_x = x.new_zeros(b, c_in, x.shape[2] * x.shape[3])
+    elif need_input:
+        grad_x = x.new_zeros(b * patches_of.rows_per_sample, c_in)
     grad_filters = torch.empty_like(flat_filters) if need_filters else None
     written = [False] * (b * m)  # groups whose filter gradient holds a value
     scores = None
@@ -263,16 +316,21 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     for span in spans(ends, max_rows, m if per_sample else None):
         patches = patches_of.gather(span, m, patches_buffer)
         grad = grads_of.gather(span, m, grad_buffer)
-        grad_patches = grad_patches_buffer[:patches.numel()].view(patches.shape)
+        grad_patches = grad_patches_buffer[:patches.numel()]
+        grad_patches = (grad_patches.view(patches.shape[::-1]).t() if columns
+                        else grad_patches.view(patches.shape))
         for g, lo, hi in span.segments:
             if need_filters:
                 grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi],
                                        beta=1 if written[g] else 0)
                 written[g] = True
             torch.mm(grad[lo:hi], flat_filters[g], out=grad_patches[lo:hi])
-        if need_input:
-            grad_rows.index_add_(0, patches_of.taps[span.lo:span.hi].view(-1),
-                                 grad_patches.view(-1, c_in))
+        if need_input and columns:
+            put_columns(grad_x[span.segments[0][0] // m], patches_of.pixels[span.lo:span.hi],
+                        grad_patches.t())
+        elif need_input:
+            grad_x.index_add_(0, patches_of.taps[span.lo:span.hi].view(-1),
+                              grad_patches.view(-1, c_in))
         if scores_of == 'all':
             for s, lo, hi in sample_runs(span.segments, m):
                 for a in range(lo, hi, responses_buffer.numel() // (m * c_out)):
@@ -284,12 +342,15 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     if need_filters:
         grad_filters[[g for g in range(b * m) if not written[g]]] = 0  # groups without pixels
         grad_filters = grad_filters.view_as(filters)
-    if need_input:
-        grad_rows = grad_rows.view(b, patches_of.rows_per_sample, c_in)
+    if need_input and columns:
+        grad_x = grad_x.view_as(x)
+    elif need_input:
+        rows = grad_x.view(b, patches_of.rows_per_sample, c_in)
+        grad_x = from_rows(rows[:, :x.shape[2] * x.shape[3]], x.shape[2:], x)
     if scores is not None:
         scores = torch.empty_like(scores).index_copy_(0, order, scores).view(
             b, -1, *scores.shape[1:])
-    return grad_rows, grad_filters, scores
+    return grad_x, grad_filters, scores
 
 
 def region_scores(patches: Tensor, grad: Tensor, every_filter: Tensor, buffer: Tensor,

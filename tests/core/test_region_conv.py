@@ -109,19 +109,29 @@ def test_float32_and_channels_last_and_noncontiguous():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('piece_elements', [1 << 20, 30])
 @pytest.mark.parametrize('x_layout,grad_layout', [('nchw', 'nchw'), ('nhwc', 'nchw'),
                                                    ('nchw', 'nhwc'), ('nhwc', 'nhwc')])
-def test_pointwise_reads_columns_or_rows(x_layout, grad_layout):
-    """1x1 kernels read NCHW tensors column-wise and channels-last ones row-wise; same results."""
-    x, weight, guide = make_inputs(3, 4, 5, (9, 8), 1, 2, 0, 1, 3, seed=4)
-    grad_out = torch.randn(3, 5, 5, 4, dtype=torch.float64)
+def test_pointwise_reads_columns_or_rows(monkeypatch, x_layout, grad_layout, piece_elements,
+                                         stride):
+    """1x1 kernels read NCHW tensors column-wise and channels-last ones row-wise; same results,
+    whether a span holds a whole sample or a part."""
+    from drconv import region_gemm
+    monkeypatch.setattr(region_gemm, 'PIECE_ELEMENTS', piece_elements)
+    x, weight, guide = make_inputs(3, 4, 5, (9, 8), 1, stride, 0, 1, 3, seed=4)
+    h_out, w_out = guide.shape[2:]
+    grad_out = torch.randn(3, 5, h_out, w_out, dtype=torch.float64)
     cl = torch.channels_last
     x_in = x.contiguous(memory_format=cl) if x_layout == 'nhwc' else x
     grad_in = grad_out.contiguous(memory_format=cl) if grad_layout == 'nhwc' else grad_out
-    got = grads(region_conv, (x_in, weight, guide), grad_in, stride=2)
-    want = grads(region_conv_dense, (x, weight, guide), grad_out, stride=2)
+    got = grads(region_conv, (x_in, weight, guide), grad_in, stride=stride)
+    want = grads(region_conv_dense, (x, weight, guide), grad_out, stride=stride)
     for name, a, e in zip(('output', 'd/dx', 'd/dweight', 'd/dguide'), got, want):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=name)
+    layout = cl if x_layout == 'nhwc' else torch.contiguous_format
+    assert got[0].is_contiguous(memory_format=layout)  # output and x's gradient keep x's layout
+    assert got[1].is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize('k', [3, 1])
@@ -189,18 +199,19 @@ def test_refuses_mixed_dtypes_and_bad_geometry():
             region_conv(x, weight, guide, **kw)
 
 
-@pytest.mark.parametrize('m', [1, 2, 5])
-def test_top2_guide_gradient(m):
+@pytest.mark.parametrize('m,k', [(1, 3), (2, 3), (5, 3), (5, 1)])
+def test_top2_guide_gradient(m, k):
     """'top2': x and weight gradients unchanged; guide gradient is the softmax restricted to
     each pixel's two best regions, computed here by hand from every region's response."""
-    x, weight, guide = make_inputs(2, 3, 4, (7, 6), 3, 2, 1, 1, m, seed=4)
-    grad_out = torch.randn(region_conv_dense(x, weight, guide, 2, 1).shape, dtype=torch.float64)
-    exact = grads(region_conv, (x, weight, guide), grad_out, stride=2, padding=1)
-    top2 = grads(region_conv, (x, weight, guide), grad_out, stride=2, padding=1,
+    p = k // 2
+    x, weight, guide = make_inputs(2, 3, 4, (7, 6), k, 2, p, 1, m, seed=4)
+    grad_out = torch.randn(region_conv_dense(x, weight, guide, 2, p).shape, dtype=torch.float64)
+    exact = grads(region_conv, (x, weight, guide), grad_out, stride=2, padding=p)
+    top2 = grads(region_conv, (x, weight, guide), grad_out, stride=2, padding=p,
                  guide_grad='top2')
     for a, e in zip(top2[:3], exact[:3]):
         torch.testing.assert_close(a, e)
-    s = torch.stack([torch.stack([(F.conv2d(x[i:i + 1], weight[i, j], stride=2, padding=1)[0]
+    s = torch.stack([torch.stack([(F.conv2d(x[i:i + 1], weight[i, j], stride=2, padding=p)[0]
                                    * grad_out[i]).sum(0) for j in range(m)]) for i in range(2)])
     keep = torch.zeros_like(guide, dtype=torch.bool).scatter_(1, guide.topk(min(2, m), 1).indices,
                                                               True)
@@ -208,4 +219,4 @@ def test_top2_guide_gradient(m):
     want = q * (s - (q * s).sum(1, keepdim=True))
     torch.testing.assert_close(top2[3], want)
     with pytest.raises(ValueError, match="guide_grad must be one of"):
-        region_conv(x, weight, guide, stride=2, padding=1, guide_grad='top3')
+        region_conv(x, weight, guide, stride=2, padding=p, guide_grad='top3')
