@@ -228,7 +228,7 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     n = min(max_rows, order.numel())  # rows of the longest span
     if patches_of.per_sample:  # NCHW in and out: each GEMM writes output columns
         out = x.new_empty(b, c_out, order.numel() // b)
-        span_out_buffer = x.new_empty(c_out, n)
+        span_out_buffer = x.new_empty(c_out, min(n, out.shape[2]))  # a span holds one sample
         for span in spans(ends, max_rows, m):
             columns = patches_of.gather(span, m).t()
             span_out = span_out_buffer[:, :span.hi - span.lo]
