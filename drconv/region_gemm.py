@@ -123,14 +123,19 @@ class Span(NamedTuple):
 def spans(ends: List[int], max_rows: int, regions: Optional[int] = None) -> Iterator[Span]:
     """Cut the sorted rows (group ends ``ends``) into spans of at most ``max_rows``.
 
-    With ``regions`` (m), spans are also cut where a sample's rows end, so each holds one sample.
+    With ``regions`` (m), spans are also cut where a sample's rows end, so each holds one sample,
+    and a sample's rows are split into spans of equal length.
     """
     total = ends[-1]
     stops = ends[regions - 1::regions] if regions else [total]
     g, start = 0, 0
     for stop in stops:
-        for lo in range(start, stop, max_rows):
-            hi = min(lo + max_rows, stop)
+        step = max_rows
+        if regions:
+            pieces = -(-(stop - start) // max_rows)
+            step = -(-(stop - start) // max(pieces, 1))
+        for lo in range(start, stop, step):
+            hi = min(lo + step, stop)
             segments = []
             while g < len(ends) and ends[g] <= lo:
                 g += 1
@@ -295,7 +300,6 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     patches_of = Patches(x, index, order, zero_row)
     identity = torch.arange(index.shape[0], device=index.device)[:, None]
     grads_of = Patches(grad_out, identity, order, False)
-    per_sample = patches_of.per_sample or grads_of.per_sample
     columns = patches_of.per_sample  # x read (and its gradient written) column-wise
     grad_x = None
     if need_input and columns:  # a 1x1 kernel reads each input pixel at most once
@@ -313,7 +317,9 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     grad_patches_buffer = x.new_empty(min(max_rows, order.numel()) * k)
     if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
         responses_buffer = x.new_empty(min(RESPONSE_ROWS, max_rows) * m * c_out)
-    for span in spans(ends, max_rows, m if per_sample else None):
+    # one sample per span (what column reads need), split evenly: the all-region scores pack
+    # the sample's m filters once per GEMM, so a short leftover span would cost a whole packing
+    for span in spans(ends, max_rows, m):
         patches = patches_of.gather(span, m, patches_buffer)
         grad = grads_of.gather(span, m, grad_buffer)
         grad_patches = grad_patches_buffer[:patches.numel()]

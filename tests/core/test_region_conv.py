@@ -168,6 +168,10 @@ def test_spans_cover_every_row_once():
     assert got == [(0, 4, [(1, 0, 3), (3, 3, 4)]), (4, 8, [(3, 0, 4)]),
                    (8, 12, [(3, 0, 2), (4, 2, 3), (6, 3, 4)]), (12, 16, [(6, 0, 4)]),
                    (16, 17, [(6, 0, 1)])]
+    # one sample per span (m = 2 regions), each sample's rows split into near-equal spans
+    got = [(span.lo, span.hi, span.segments) for span in spans([3, 10, 12, 17], 4, 2)]
+    assert got == [(0, 4, [(0, 0, 3), (1, 3, 4)]), (4, 8, [(1, 0, 4)]), (8, 10, [(1, 0, 2)]),
+                   (10, 14, [(2, 0, 2), (3, 2, 4)]), (14, 17, [(3, 0, 3)])]
 
 
 BAD = {
