@@ -1,5 +1,4 @@
 """region_conv against the all-regions reference, gradcheck, and its refusals."""
-import itertools
 
 import pytest
 import torch
