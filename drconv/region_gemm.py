@@ -181,13 +181,12 @@ class Patches:
         b, c, h, w = t.shape
         self.per_sample = index.shape[1] == 1 and not zero_row and t.is_contiguous()
         self.rows_per_sample = h * w + int(zero_row)
-        if self.per_sample:
+        if self.per_sample:  # the pixel of its sample read by each sorted row, (B * L)
             self.source = t.view(b, c, h * w)
             self.pixels = index.view(-1).index_select(0, order % index.shape[0])
-        else:
+        else:  # the flat input row (B * P) read by each sorted row's taps, (B * L, kh * kw)
             self.source = to_rows(t, zero_row).view(-1, c)
-        # flat input rows (B * P) read by each sorted row, (B * L, kh * kw)
-        self.taps = sorted_taps(index, order, self.rows_per_sample)
+            self.taps = sorted_taps(index, order, self.rows_per_sample)
 
     def gather(self, span: Span, regions: int, buffer: Optional[Tensor] = None) -> Tensor:
         """The span's patches, (n, kh * kw * C): in ``buffer`` (rows; needed then) or a
@@ -338,11 +337,12 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
             grad_x.index_add_(0, patches_of.taps[span.lo:span.hi].view(-1),
                               grad_patches.view(-1, c_in))
         if scores_of == 'all':
-            for s, lo, hi in sample_runs(span.segments, m):
-                for a in range(lo, hi, responses_buffer.numel() // (m * c_out)):
-                    z = min(a + responses_buffer.numel() // (m * c_out), hi)
-                    region_scores(patches[a:z], grad[a:z], filters[s].view(m * c_out, k),
-                                  responses_buffer, scores[span.lo + a:span.lo + z])
+            every_filter = filters[span.segments[0][0] // m].view(m * c_out, k)
+            step = responses_buffer.numel() // (m * c_out)
+            for a in range(0, span.hi - span.lo, step):
+                z = min(a + step, span.hi - span.lo)
+                region_scores(patches[a:z], grad[a:z], every_filter, responses_buffer,
+                              scores[span.lo + a:span.lo + z])
         elif scores_of == 'selected':
             torch.sum(grad_patches.mul_(patches), 1, out=scores[span.lo:span.hi])
     if need_filters:
@@ -380,19 +380,3 @@ def region_scores(patches: Tensor, grad: Tensor, every_filter: Tensor, buffer: T
         responses = buffer[:n * m_c].view(n, m_c)
         torch.mm(patches, every_filter.t(), out=responses)
         torch.sum(responses.view(n, -1, c_out).mul_(grad[:, None, :]), 2, out=out)
-
-
-def sample_runs(segments: List[Tuple[int, int, int]], num_regions: int
-                ) -> Iterator[Tuple[int, int, int]]:
-    """Merge a span's segments into ``(sample, a, b)`` runs, one per sample they hold."""
-    run = None
-    for g, lo, hi in segments:
-        s = g // num_regions
-        if run is not None and run[0] == s:
-            run = (s, run[1], hi)
-        else:
-            if run is not None:
-                yield run
-            run = (s, lo, hi)
-    if run is not None:
-        yield run
