@@ -7,8 +7,8 @@ gather: one ``index_select`` of whole ``C_in`` vectors; taps in the zero padding
 kept after each sample's pixels), and each group's run is multiplied by that group's filter only.
 A 1x1 kernel on an NCHW tensor gathers the tensor's own columns instead (:class:`Patches`). The
 sorted rows are cut into spans of bounded size, so the working memory does not grow with the
-image; scratch buffers are allocated once per call and reused by every span, and each span's
-results are copied to their pixels.
+image; the temporaries come from :func:`drconv.scratch.scratch` (on CPU, memory kept between
+calls) and are reused by every span, and each span's results are copied to their pixels.
 
 Layouts used here (``L = H_out * W_out``, ``P = H * W`` plus 1 if padded, ``K = kh * kw * C_in``):
     input rows      (B, P, C_in)        channels-last pixels, then the zero row if padded
@@ -20,6 +20,8 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from .scratch import scratch
 
 # Elements of gathered patches one span may hold (bounds the rows of a span).
 PIECE_ELEMENTS = 1 << 20
@@ -36,18 +38,18 @@ class Geometry(NamedTuple):
     dilation: Tuple[int, int]
 
 
-def to_rows(x: Tensor, zero_row: bool = False) -> Tensor:
+def to_rows(x: Tensor, zero_row: bool, name: str) -> Tensor:
     """``x`` (B, C, H, W) as channels-last rows (B, H * W, C), plus a zero row if asked.
 
-    A view when ``x`` is channels-last already and no zero row is asked for; otherwise a copy made
-    one sample at a time, as a 2-D transpose (torch copies those blockwise, about twice as fast
-    as one 4-D permute on CPU).
+    A view when ``x`` is channels-last already and no zero row is asked for; otherwise a copy,
+    into the scratch buffer ``name`` (a temporary), made one sample at a time as a 2-D transpose
+    (torch copies those blockwise, about twice as fast as one 4-D permute on CPU).
     """
     b, c, h, w = x.shape
     nhwc = x.permute(0, 2, 3, 1)
     if nhwc.is_contiguous() and not zero_row:
         return nhwc.view(b, h * w, c)
-    rows = x.new_empty(b, h * w + int(zero_row), c)
+    rows = scratch(name, b * (h * w + int(zero_row)) * c, x).view(b, -1, c)
     if zero_row:
         rows[:, h * w].zero_()
     if nhwc.is_contiguous():
@@ -175,9 +177,10 @@ class Patches:
         index (Tensor[L, kh * kw]): patch index (:func:`patch_index`).
         order (Tensor[B * L]): flat pixel of each sorted row (:func:`sort_by_region`).
         zero_row (bool): whether ``index`` reads the zero row (the convolution pads).
+        name (str): scratch buffer of the channels-last copy, if one is made.
     """
 
-    def __init__(self, t: Tensor, index: Tensor, order: Tensor, zero_row: bool):
+    def __init__(self, t: Tensor, index: Tensor, order: Tensor, zero_row: bool, name: str):
         b, c, h, w = t.shape
         self.per_sample = index.shape[1] == 1 and not zero_row and t.is_contiguous()
         self.rows_per_sample = h * w + int(zero_row)
@@ -185,7 +188,7 @@ class Patches:
             self.source = t.view(b, c, h * w)
             self.pixels = index.view(-1).index_select(0, order % index.shape[0])
         else:  # the flat input row (B * P) read by each sorted row's taps, (B * L, kh * kw)
-            self.source = to_rows(t, zero_row).view(-1, c)
+            self.source = to_rows(t, zero_row, name).view(-1, c)
             self.taps = sorted_taps(index, order, self.rows_per_sample)
 
     def gather(self, span: Span, regions: int, buffer: Optional[Tensor] = None) -> Tensor:
@@ -201,7 +204,7 @@ def gather_patches(rows: Tensor, taps: Tensor, buffer: Tensor) -> Tensor:
     """Patches from the flat input rows (B * P, C) at ``taps`` (n, kh * kw): (n, kh * kw * C).
 
     Written into the start of ``buffer`` (1-D, at least n * kh * kw * C elements), reused by
-    every span of a call so each call touches fresh memory once.
+    every span.
     """
     n, c = taps.numel(), rows.shape[1]
     out = buffer[:n * c].view(n, c)
@@ -227,12 +230,13 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     b, m, c_out, k = filters.shape
     flat_filters = filters.view(b * m, c_out, k)
     order, ends = sort_by_region(region, m)
-    patches_of = Patches(x, index, order, zero_row)
+    patches_of = Patches(x, index, order, zero_row, 'input_rows')
     max_rows = max(1, PIECE_ELEMENTS // k)
     n = min(max_rows, order.numel())  # rows of the longest span
     if patches_of.per_sample:  # NCHW in and out: each GEMM writes output columns
         out = x.new_empty(b, c_out, order.numel() // b)
-        span_out_buffer = x.new_empty(c_out, min(n, out.shape[2]))  # a span holds one sample
+        # a span holds one sample
+        span_out_buffer = scratch('span_out', c_out * min(n, out.shape[2]), x).view(c_out, -1)
         for span in spans(ends, max_rows, m):
             columns = patches_of.gather(span, m).t()
             span_out = span_out_buffer[:, :span.hi - span.lo]
@@ -241,9 +245,11 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
             put_columns(out[span.segments[0][0] // m], order[span.lo:span.hi] % out.shape[2],
                         span_out)
         return out.view(b, c_out, *out_size)
-    out = x.new_empty(order.numel(), c_out)
-    patches_buffer = x.new_empty(n * k)
-    span_out_buffer = x.new_empty(n, c_out)
+    # the output itself when channels-last (from_rows gives a view), else a temporary
+    out = (x.new_empty(order.numel(), c_out) if channels_last(x)
+           else scratch('output_rows', order.numel() * c_out, x).view(-1, c_out))
+    patches_buffer = scratch('patches', n * k, x)
+    span_out_buffer = scratch('span_out', n * c_out, x).view(n, c_out)
     for span in spans(ends, max_rows):
         patches = patches_of.gather(span, m, patches_buffer)
         span_out = span_out_buffer[:span.hi - span.lo]
@@ -296,26 +302,30 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     c_in = x.shape[1]
     flat_filters = filters.view(b * m, c_out, k)
     order, ends = sort_by_region(region, m)
-    patches_of = Patches(x, index, order, zero_row)
+    patches_of = Patches(x, index, order, zero_row, 'input_rows')
     identity = torch.arange(index.shape[0], device=index.device)[:, None]
-    grads_of = Patches(grad_out, identity, order, False)
+    grads_of = Patches(grad_out, identity, order, False, 'grad_rows')
     columns = patches_of.per_sample  # x read (and its gradient written) column-wise
     grad_x = None
     if need_input and columns:  # a 1x1 kernel reads each input pixel at most once
         grad_x = x.new_zeros(b, c_in, x.shape[2] * x.shape[3])
-    elif need_input:
-        grad_x = x.new_zeros(b * patches_of.rows_per_sample, c_in)
+    elif need_input:  # the gradient itself when channels-last (from_rows gives a view)
+        grad_x = (x.new_zeros(b * patches_of.rows_per_sample, c_in) if channels_last(x) else
+                  scratch('grad_input_rows', b * patches_of.rows_per_sample * c_in, x)
+                  .view(-1, c_in).zero_())
     grad_filters = torch.empty_like(flat_filters) if need_filters else None
     written = [False] * (b * m)  # groups whose filter gradient holds a value
     scores = None
     if scores_of is not None:
-        scores = x.new_empty((order.numel(), m) if scores_of == 'all' else order.numel())
+        shape = (order.numel(), m) if scores_of == 'all' else (order.numel(),)
+        scores = scratch('scores', order.numel() * (m if scores_of == 'all' else 1), x).view(shape)
     max_rows = max(1, PIECE_ELEMENTS // k)
-    patches_buffer = x.new_empty(0 if patches_of.per_sample else min(max_rows, order.numel()) * k)
-    grad_buffer = x.new_empty(0 if grads_of.per_sample else min(max_rows, order.numel()) * c_out)
-    grad_patches_buffer = x.new_empty(min(max_rows, order.numel()) * k)
+    n = min(max_rows, order.numel())  # rows of the longest span
+    patches_buffer = scratch('patches', 0 if patches_of.per_sample else n * k, x)
+    grad_buffer = scratch('grad', 0 if grads_of.per_sample else n * c_out, x)
+    grad_patches_buffer = scratch('grad_patches', n * k, x)
     if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
-        responses_buffer = x.new_empty(min(RESPONSE_ROWS, max_rows) * m * c_out)
+        responses_buffer = scratch('responses', min(RESPONSE_ROWS, max_rows) * m * c_out, x)
     # one sample per span (what column reads need), split evenly: the all-region scores pack
     # the sample's m filters once per GEMM, so a short leftover span would cost a whole packing
     for span in spans(ends, max_rows, m):
@@ -326,9 +336,10 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
                         else grad_patches.view(patches.shape))
         for g, lo, hi in span.segments:
             if need_filters:
-                grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi],
-                                       beta=1 if written[g] else 0)
-                written[g] = True
+                if not written[g]:  # MKL reads the output first: fresh pages would fault twice
+                    grad_filters[g].zero_()
+                    written[g] = True
+                grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi])
             torch.mm(grad[lo:hi], flat_filters[g], out=grad_patches[lo:hi])
         if need_input and columns:
             put_columns(grad_x[span.segments[0][0] // m], patches_of.pixels[span.lo:span.hi],
