@@ -27,6 +27,9 @@ from .scratch import scratch
 PIECE_ELEMENTS = 1 << 20
 # Rows of all-region responses (rows x m x C_out) computed at a time for the exact guide gradient.
 RESPONSE_ROWS = 512
+# Elements left after each row of a scratch matrix of columns: a row length that is a power of
+# two (the 1024 pixels of a 32x32 image) maps a GEMM's rows to the same cache sets.
+COLUMN_PAD = 16
 
 
 class Geometry(NamedTuple):
@@ -170,8 +173,8 @@ class Patches:
     Two ways, same results. Rows: a channels-last copy (:func:`to_rows`; a view when the tensor
     is channels-last already) gathered row-wise, whole C vectors per tap; any kernel. Columns, for
     one tap per pixel (a 1x1 kernel without padding) on a contiguous NCHW tensor: the tensor itself
-    gathered column-wise, one sample at a time, with no copy; the patches are then a transposed
-    view, and spans must hold one sample (:attr:`per_sample`).
+    gathered column-wise, one sample at a time, with no channels-last copy; the patches are then
+    a transposed view, and spans must hold one sample (:attr:`per_sample`).
 
     Args:
         t (Tensor[B, C, H, W]): the tensor read.
@@ -192,13 +195,28 @@ class Patches:
             self.source = to_rows(t, zero_row, name).view(-1, c)
             self.taps = sorted_taps(index, order, self.rows_per_sample)
 
-    def gather(self, span: Span, regions: int, buffer: Optional[Tensor] = None) -> Tensor:
-        """The span's patches, (n, kh * kw * C): in ``buffer`` (rows; needed then) or a
-        transposed view (columns)."""
+    def buffer_numel(self, n: int) -> int:
+        """Elements of the buffer :meth:`gather` needs for spans of up to n rows."""
+        c = self.source.shape[1]
+        return c * (n + COLUMN_PAD) if self.per_sample else n * self.taps.shape[1] * c
+
+    def gather(self, span: Span, regions: int, buffer: Tensor) -> Tensor:
+        """The span's patches, (n, kh * kw * C), written into ``buffer``: rows, or (columns) the
+        transpose of the first n columns of a :func:`padded_columns` matrix."""
         if self.per_sample:
-            sample = span.segments[0][0] // regions
-            return self.source[sample].index_select(1, self.pixels[span.lo:span.hi]).t()
+            pixels = self.pixels[span.lo:span.hi]
+            padded = padded_columns(buffer, self.source.shape[1], pixels.numel())
+            # the pad reads pixel 0: index_select writes contiguous output much faster
+            torch.index_select(self.source[span.segments[0][0] // regions], 1,
+                               torch.cat((pixels, pixels.new_zeros(COLUMN_PAD))), out=padded)
+            return padded[:, :pixels.numel()].t()
         return gather_patches(self.source, self.taps[span.lo:span.hi], buffer)
+
+
+def padded_columns(buffer: Tensor, rows: int, columns: int) -> Tensor:
+    """The (rows, columns + COLUMN_PAD) matrix at the start of ``buffer`` (1-D); its first
+    ``columns`` columns hold the values."""
+    return buffer[:rows * (columns + COLUMN_PAD)].view(rows, -1)
 
 
 def gather_patches(rows: Tensor, taps: Tensor, buffer: Tensor) -> Tensor:
@@ -236,11 +254,12 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     n = min(max_rows, order.numel())  # rows of the longest span
     if patches_of.per_sample:  # NCHW in and out: each GEMM writes output columns
         out = x.new_empty(b, c_out, order.numel() // b)
-        # a span holds one sample
-        span_out_buffer = scratch('span_out', c_out * min(n, out.shape[2]), x).view(c_out, -1)
+        n = min(n, out.shape[2])  # a span holds one sample
+        patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
+        span_out_buffer = scratch('span_out', c_out * (n + COLUMN_PAD), x)
         for span in spans(ends, max_rows, m):
-            columns = patches_of.gather(span, m).t()
-            span_out = span_out_buffer[:, :span.hi - span.lo]
+            columns = patches_of.gather(span, m, patches_buffer).t()
+            span_out = padded_columns(span_out_buffer, c_out, span.hi - span.lo)
             for g, lo, hi in span.segments:
                 torch.mm(flat_filters[g], columns[:, lo:hi], out=span_out[:, lo:hi])
             put_columns(out[span.segments[0][0] // m], order[span.lo:span.hi] % out.shape[2],
@@ -249,7 +268,7 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     # the output itself when channels-last (from_rows gives a view), else a temporary
     out = (x.new_empty(order.numel(), c_out) if channels_last(x)
            else scratch('output_rows', order.numel() * c_out, x).view(-1, c_out))
-    patches_buffer = scratch('patches', n * k, x)
+    patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
     span_out_buffer = scratch('span_out', n * c_out, x).view(n, c_out)
     for span in spans(ends, max_rows):
         patches = patches_of.gather(span, m, patches_buffer)
@@ -265,18 +284,20 @@ def channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-def put_columns(out: Tensor, pixels: Tensor, columns: Tensor) -> None:
-    """``out[:, pixels] = columns`` for one sample's output (C_out, L) and columns (C_out, n).
+def put_columns(out: Tensor, pixels: Tensor, padded: Tensor) -> None:
+    """``out[:, pixels] = padded[:, :n]`` for one sample's output (C_out, L), n pixels and a
+    :func:`padded_columns` matrix (C_out, >= n).
 
     A span holding all the sample's pixels is gathered back through the inverse permutation
     (contiguous writes, about twice as fast); a part is scattered.
     """
-    if pixels.numel() == out.shape[1]:
-        inverse = torch.empty_like(pixels).index_copy_(
-            0, pixels, torch.arange(pixels.numel(), device=pixels.device))
-        torch.index_select(columns, 1, inverse, out=out)
+    n = pixels.numel()
+    if n == out.shape[1]:
+        inverse = torch.empty_like(pixels).index_copy_(0, pixels,
+                                                       torch.arange(n, device=pixels.device))
+        torch.index_select(padded, 1, inverse, out=out)
     else:
-        out.index_copy_(1, pixels, columns)
+        out.index_copy_(1, pixels, padded[:, :n])
 
 
 def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index: Tensor,
@@ -322,9 +343,9 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         scores = scratch('scores', order.numel() * (m if scores_of == 'all' else 1), x).view(shape)
     max_rows = max(1, PIECE_ELEMENTS // k)
     n = min(max_rows, order.numel())  # rows of the longest span
-    patches_buffer = scratch('patches', 0 if patches_of.per_sample else n * k, x)
-    grad_buffer = scratch('grad', 0 if grads_of.per_sample else n * c_out, x)
-    grad_patches_buffer = scratch('grad_patches', n * k, x)
+    patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
+    grad_buffer = scratch('grad', grads_of.buffer_numel(n), x)
+    grad_patches_buffer = scratch('grad_patches', k * (n + COLUMN_PAD), x)
     if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
         responses_buffer = scratch('responses', min(RESPONSE_ROWS, max_rows) * m * c_out, x)
     # one sample per span (what column reads need), split evenly: the all-region scores pack
@@ -332,9 +353,11 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     for span in spans(ends, max_rows, m):
         patches = patches_of.gather(span, m, patches_buffer)
         grad = grads_of.gather(span, m, grad_buffer)
-        grad_patches = grad_patches_buffer[:patches.numel()]
-        grad_patches = (grad_patches.view(patches.shape[::-1]).t() if columns
-                        else grad_patches.view(patches.shape))
+        if columns:
+            grad_columns = padded_columns(grad_patches_buffer, k, patches.shape[0])
+            grad_patches = grad_columns[:, :patches.shape[0]].t()
+        else:
+            grad_patches = grad_patches_buffer[:patches.numel()].view(patches.shape)
         for g, lo, hi in span.segments:
             if need_filters:
                 if not written[g]:  # MKL reads the output first: fresh pages would fault twice
@@ -344,7 +367,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
             torch.mm(grad[lo:hi], flat_filters[g], out=grad_patches[lo:hi])
         if need_input and columns:
             put_columns(grad_x[span.segments[0][0] // m], patches_of.pixels[span.lo:span.hi],
-                        grad_patches.t())
+                        grad_columns)
         elif need_input:
             grad_x.index_add_(0, patches_of.taps[span.lo:span.hi].view(-1),
                               grad_patches.view(-1, c_in))
