@@ -5,7 +5,7 @@ at 1.5-2 us each on our 2-core VM: a 4 MiB temporary costs about 2 ms before any
 kernels' temporaries (channels-last copies, gathered patches, sorted output rows) have the same
 sizes call after call, so on CPU they come from buffers kept per thread, purpose and dtype
 (CUDA's caching allocator does this already there). A buffer larger than :data:`KEEP_BYTES` is
-not kept, so a thread holds at most a few times that much.
+not kept, so a thread holds at most a few times that much; :func:`release` drops them.
 """
 import threading
 
@@ -37,3 +37,8 @@ def scratch(name: str, numel: int, like: Tensor) -> Tensor:
         with torch.inference_mode(False):
             buffer = buffers[key] = torch.empty(numel, dtype=like.dtype)
     return buffer[:numel]
+
+
+def release() -> None:
+    """Drop this thread's kept buffers; their memory goes back to the allocator."""
+    _kept.buffers = {}

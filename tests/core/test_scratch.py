@@ -71,3 +71,11 @@ def test_buffers_made_in_inference_mode_serve_autograd_later():
     want = torch.autograd.grad(region_conv_dense(*dense, padding=1).sum(), dense)
     for a, e in zip(grads, want):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_release_drops_kept_buffers():
+    like = torch.empty(0)
+    scratch('test_release', 8, like)
+    assert ('test_release', torch.float32) in scratch_module._kept.buffers
+    scratch_module.release()
+    assert ('test_release', torch.float32) not in scratch_module._kept.buffers

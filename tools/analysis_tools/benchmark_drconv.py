@@ -22,8 +22,10 @@ repetition, after ``--warmup`` untimed repetitions; the table gives medians and 
 
 Peak extra memory (forward_backward): the most bytes the forward + backward held allocated at
 once above what was allocated before it started (the inputs and the output gradient), outputs
-and gradients included. On CPU it is the running sum of the allocator's allocation and free
-events recorded by torch.profiler (``profile_memory=True``) during one forward + backward; on
+and gradients included, and the op's scratch buffers (kept between calls: released before the
+run, so they are allocated and counted in it). On CPU it is the running sum of the allocator's
+allocation and free events recorded by torch.profiler (``profile_memory=True``) during one
+forward + backward; on
 CUDA ``max_memory_allocated`` minus ``memory_allocated`` before. Reported also without the
 weight's own gradient (DRConv's per-sample filters, B*m*C_out*C_in*kh*kw values, need a
 gradient of their size whatever the op; conv's static filter's gradient is left out likewise).
@@ -50,7 +52,7 @@ if REPO_ROOT not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from drconv import region_conv, region_conv_dense  # noqa: E402
+from drconv import region_conv, region_conv_dense, scratch  # noqa: E402
 
 TARGET_SHAPES = ('8,128,128,32,32,3,8', '8,128,128,32,32,1,8')
 MODES = ('forward', 'forward_backward')
@@ -261,6 +263,7 @@ def measure_memory(ops: Dict[str, Callable], t: Dict[str, torch.Tensor], s: Laye
         for leaf in leaves:
             leaf.grad = None
             leaf.requires_grad_(True)
+        scratch.release()  # the op's kept temporaries are allocated, and counted, in the run
         peak = peak_extra_bytes(lambda: fn(t, s).backward(t['grad_out']), device)
         weight = leaves[1]
         result[variant] = dict(peak_extra_bytes=peak,
