@@ -267,7 +267,7 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
         return out.view(b, c_out, *out_size)
     # the output itself when channels-last (from_rows gives a view), else a temporary
     out = (x.new_empty(order.numel(), c_out) if channels_last(x)
-           else scratch('output_rows', order.numel() * c_out, x).view(-1, c_out))
+           else scratch('result_rows', order.numel() * c_out, x).view(-1, c_out))
     patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
     span_out_buffer = scratch('span_out', n * c_out, x).view(n, c_out)
     for span in spans(ends, max_rows):
@@ -333,7 +333,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         grad_x = x.new_zeros(b, c_in, x.shape[2] * x.shape[3])
     elif need_input:  # the gradient itself when channels-last (from_rows gives a view)
         grad_x = (x.new_zeros(b * patches_of.rows_per_sample, c_in) if channels_last(x) else
-                  scratch('grad_input_rows', b * patches_of.rows_per_sample * c_in, x)
+                  scratch('result_rows', b * patches_of.rows_per_sample * c_in, x)
                   .view(-1, c_in).zero_())
     grad_filters = torch.empty_like(flat_filters) if need_filters else None
     written = [False] * (b * m)  # groups whose filter gradient holds a value
@@ -344,7 +344,9 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     max_rows = max(1, PIECE_ELEMENTS // k)
     n = min(max_rows, order.numel())  # rows of the longest span
     patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
-    grad_buffer = scratch('grad', grads_of.buffer_numel(n), x)
+    # scratch shared with the forward ('result_rows': the rows a result is assembled in, the
+    # output there, x's gradient here; 'span_out') is never in use by both at once
+    grad_buffer = scratch('span_out', grads_of.buffer_numel(n), x)
     grad_patches_buffer = scratch('grad_patches', k * (n + COLUMN_PAD), x)
     if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
         responses_buffer = scratch('responses', min(RESPONSE_ROWS, max_rows) * m * c_out, x)
