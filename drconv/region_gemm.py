@@ -30,6 +30,10 @@ RESPONSE_ROWS = 512
 # Elements left after each row of a scratch matrix of columns: a row length that is a power of
 # two (the 1024 pixels of a 32x32 image) maps a GEMM's rows to the same cache sets.
 COLUMN_PAD = 16
+# A 1x1 forward multiplies a sample's m groups in one batched GEMM, each group padded to the
+# largest, when that pads the work by at most this factor; else one GEMM per group. (m short
+# GEMMs are m parallel regions; on a shared VM each can wait on a descheduled thread.)
+BATCH_PADDING = 1.3
 
 
 class Geometry(NamedTuple):
@@ -254,10 +258,13 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     n = min(max_rows, order.numel())  # rows of the longest span
     if patches_of.per_sample:  # NCHW in and out: each GEMM writes output columns
         out = x.new_empty(b, c_out, order.numel() // b)
+        batched = forward_batched(patches_of, filters, order, ends, out)
         n = min(n, out.shape[2])  # a span holds one sample
         patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
         span_out_buffer = scratch('span_out', c_out * (n + COLUMN_PAD), x)
         for span in spans(ends, max_rows, m):
+            if span.segments[0][0] // m in batched:
+                continue
             columns = patches_of.gather(span, m, patches_buffer).t()
             span_out = padded_columns(span_out_buffer, c_out, span.hi - span.lo)
             for g, lo, hi in span.segments:
@@ -277,6 +284,58 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
             torch.mm(patches[lo:hi], flat_filters[g].t(), out=span_out[lo:hi])
         out.index_copy_(0, order[span.lo:span.hi], span_out)
     return from_rows(out.view(b, -1, c_out), out_size, x)
+
+
+def forward_batched(patches: Patches, filters: Tensor, order: Tensor, ends: List[int],
+                    out: Tensor) -> List[int]:
+    """The 1x1 forward of the samples whose groups are balanced enough, one batched GEMM each.
+
+    A sample's m groups are gathered into m blocks of columns as long as its largest group (the
+    pad of each block reads pixel 0), multiplied by its m filters in one ``bmm``, and the rows
+    of the result put back in pixel order. Used when m * largest <= BATCH_PADDING * L and the
+    sample fits one span.
+
+    Args:
+        patches (Patches): x read column-wise (``per_sample``).
+        filters (Tensor[B, m, C_out, C_in]): per-sample region filters.
+        order, ends: the sorted rows (:func:`sort_by_region`).
+        out (Tensor[B, C_out, L]): the output, written for the samples done here.
+
+    Returns:
+        List[int]: the samples done.
+    """
+    b, m, c_out, k = filters.shape
+    l = out.shape[2]
+    if l * k > PIECE_ELEMENTS:
+        return []
+    counts = torch.tensor(ends).diff(prepend=torch.zeros(1, dtype=torch.long)).view(b, m)
+    longest = counts.max(1).values
+    widths = [m * n for n in longest.tolist()]  # padded columns of each sample
+    done = [s for s in range(b) if widths[s] <= BATCH_PADDING * l]
+    if not done:
+        return []
+    # slot of each sorted row in its sample's padded blocks: group j's block starts at j * longest
+    shift = torch.arange(m) * longest[:, None] - (counts.cumsum(1) - counts)
+    slot = torch.arange(l).repeat(b) + shift.view(-1).repeat_interleave(
+        counts.view(-1), output_size=b * l)
+    slot, pixel_slot = slot.to(order.device), torch.empty_like(order)
+    pixel_slot.index_copy_(0, order, slot)  # the slot of each output pixel, (B * L)
+    widest = max(widths[s] for s in done)
+    blocks = scratch('patches', widest * k, out)
+    results = scratch('span_out', widest * c_out, out)
+    result_rows = scratch('result_rows', l * c_out, out).view(l, c_out)
+    for s in done:
+        rows, width = slice(s * l, (s + 1) * l), widths[s]
+        taps = torch.zeros(width, dtype=torch.long, device=order.device).index_copy_(
+            0, slot[rows], patches.pixels[rows])
+        columns = blocks[:k * width].view(k, width)
+        torch.index_select(patches.source[s], 1, taps, out=columns)
+        products = results[:width * c_out].view(m, -1, c_out)
+        torch.bmm(columns.view(k, m, -1).permute(1, 2, 0), filters[s].transpose(1, 2),
+                  out=products)
+        torch.index_select(products.view(-1, c_out), 0, pixel_slot[rows], out=result_rows)
+        out[s].copy_(result_rows.t())
+    return done
 
 
 def channels_last(x: Tensor) -> bool:
