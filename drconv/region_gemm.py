@@ -30,10 +30,14 @@ RESPONSE_ROWS = 512
 # Elements left after each row of a scratch matrix of columns: a row length that is a power of
 # two (the 1024 pixels of a 32x32 image) maps a GEMM's rows to the same cache sets.
 COLUMN_PAD = 16
-# A 1x1 forward multiplies a sample's m groups in one batched GEMM, each group padded to the
-# largest, when that pads the work by at most this factor; else one GEMM per group. (m short
-# GEMMs are m parallel regions; on a shared VM each can wait on a descheduled thread.)
+# The forward multiplies a sample's m groups in one batched GEMM, each group padded to the
+# largest (:class:`Blocks`), when that pads the work by at most BATCH_PADDING and the padded
+# patches have at most BATCH_ELEMENTS elements; else one GEMM per group. m short GEMMs are m
+# parallel regions, and on a shared VM each can wait on a descheduled thread: measured in one
+# process over 90 s, the batched forward took 21.3 vs 22.5 ms (k=3) while the machine was
+# quiet and 23.2 vs 30.7 ms while it was not.
 BATCH_PADDING = 1.3
+BATCH_ELEMENTS = 1 << 21
 
 
 class Geometry(NamedTuple):
@@ -192,6 +196,7 @@ class Patches:
         b, c, h, w = t.shape
         self.per_sample = index.shape[1] == 1 and not zero_row and t.is_contiguous()
         self.rows_per_sample = h * w + int(zero_row)
+        self.pixels_out = index.shape[0]  # L, sorted rows per sample
         if self.per_sample:  # the pixel of its sample read by each sorted row, (B * L)
             self.source = t.view(b, c, h * w)
             self.pixels = index.view(-1).index_select(0, order % index.shape[0])
@@ -215,6 +220,64 @@ class Patches:
                                torch.cat((pixels, pixels.new_zeros(COLUMN_PAD))), out=padded)
             return padded[:, :pixels.numel()].t()
         return gather_patches(self.source, self.taps[span.lo:span.hi], buffer)
+
+
+    def gather_blocks(self, sample: int, blocks: 'Blocks', regions: int,
+                      buffer: Tensor) -> Tensor:
+        """The sample's patches as its :class:`Blocks`, (m, longest, kh * kw * C), written into
+        ``buffer`` (1-D, at least the sample's width * kh * kw * C elements). Padding rows read
+        the sample's last input row (its zero row when the convolution pads) or pixel 0
+        (columns); their products are never read."""
+        rows = slice(sample * self.pixels_out, (sample + 1) * self.pixels_out)
+        width, c = blocks.widths[sample], self.source.shape[1]
+        slot = blocks.slot[rows]
+        if self.per_sample:
+            pixels = self.pixels.new_zeros(width).index_copy_(0, slot, self.pixels[rows])
+            columns = buffer[:c * width].view(c, width)
+            torch.index_select(self.source[sample], 1, pixels, out=columns)
+            return columns.view(c, regions, -1).permute(1, 2, 0)
+        taps = self.taps.new_full((width, self.taps.shape[1]),
+                                  (sample + 1) * self.rows_per_sample - 1)
+        taps.index_copy_(0, slot, self.taps[rows])
+        patches = buffer[:taps.numel() * c].view(-1, c)
+        torch.index_select(self.source, 0, taps.view(-1), out=patches)
+        return patches.view(regions, -1, taps.shape[1] * c)
+
+
+class Blocks(NamedTuple):
+    """Samples whose sorted rows are laid out as m blocks of equal length, group j's rows first
+    in block j and padding after them, so that one batched GEMM multiplies all their groups.
+
+    ``samples`` (List[int]): the samples laid out so; ``widths`` (List[int], every sample):
+    m times its largest group; ``slot`` (Tensor[B * L]): the row of each sorted row in its
+    sample's blocks; ``pixel_slot`` (Tensor[B * L]): the same for each output pixel
+    ``b * L + p``.
+    """
+
+    samples: List[int]
+    widths: List[int]
+    slot: Optional[Tensor]
+    pixel_slot: Optional[Tensor]
+
+
+def balanced_blocks(order: Tensor, ends: List[int], regions: int, k: int) -> Blocks:
+    """Lay out the samples whose groups are balanced enough (BATCH_PADDING, BATCH_ELEMENTS;
+    ``k`` patch elements per row) as :class:`Blocks`."""
+    m = regions
+    b = len(ends) // m
+    l = order.numel() // b
+    counts = torch.tensor(ends).diff(prepend=torch.zeros(1, dtype=torch.long)).view(b, m)
+    longest = counts.max(1).values
+    widths = (longest * m).tolist()
+    samples = [s for s, width in enumerate(widths)
+               if width <= BATCH_PADDING * l and width * k <= BATCH_ELEMENTS]
+    if not samples:
+        return Blocks(samples, widths, None, None)
+    shift = torch.arange(m) * longest[:, None] - (counts.cumsum(1) - counts)  # (B, m)
+    slot = torch.arange(l).repeat(b) + shift.view(-1).repeat_interleave(
+        counts.view(-1), output_size=b * l)
+    slot = slot.to(order.device)
+    return Blocks(samples, widths, slot, torch.empty_like(order).index_copy_(0, order, slot))
 
 
 def padded_columns(buffer: Tensor, rows: int, columns: int) -> Tensor:
@@ -254,88 +317,70 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     flat_filters = filters.view(b * m, c_out, k)
     order, ends = sort_by_region(region, m)
     patches_of = Patches(x, index, order, zero_row, 'input_rows')
+    l = order.numel() // b
+    columns = patches_of.per_sample  # NCHW in and out: each GEMM writes output columns
+    if columns:
+        out = x.new_empty(b, c_out, l)
+    else:  # the output itself when channels-last (from_rows gives a view), else a temporary
+        out = (x.new_empty(b * l, c_out) if channels_last(x)
+               else scratch('result_rows', b * l * c_out, x).view(-1, c_out))
+    blocks = balanced_blocks(order, ends, m, k)
+    if blocks.samples:
+        forward_blocks(patches_of, filters, blocks, out)
+    batched = set(blocks.samples)
     max_rows = max(1, PIECE_ELEMENTS // k)
-    n = min(max_rows, order.numel())  # rows of the longest span
-    if patches_of.per_sample:  # NCHW in and out: each GEMM writes output columns
-        out = x.new_empty(b, c_out, order.numel() // b)
-        batched = forward_batched(patches_of, filters, order, ends, out)
-        n = min(n, out.shape[2])  # a span holds one sample
-        patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
-        span_out_buffer = scratch('span_out', c_out * (n + COLUMN_PAD), x)
-        for span in spans(ends, max_rows, m):
-            if span.segments[0][0] // m in batched:
-                continue
-            columns = patches_of.gather(span, m, patches_buffer).t()
+    n = min(max_rows, l)  # rows of the longest span: spans hold one sample
+    patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
+    span_out_buffer = scratch('span_out', c_out * (n + COLUMN_PAD), x)
+    for span in spans(ends, max_rows, m):
+        sample = span.segments[0][0] // m
+        if sample in batched:
+            continue
+        patches = patches_of.gather(span, m, patches_buffer)
+        if columns:
             span_out = padded_columns(span_out_buffer, c_out, span.hi - span.lo)
             for g, lo, hi in span.segments:
-                torch.mm(flat_filters[g], columns[:, lo:hi], out=span_out[:, lo:hi])
-            put_columns(out[span.segments[0][0] // m], order[span.lo:span.hi] % out.shape[2],
-                        span_out)
+                torch.mm(flat_filters[g], patches[lo:hi].t(), out=span_out[:, lo:hi])
+            put_columns(out[sample], order[span.lo:span.hi] % l, span_out)
+        else:
+            span_out = span_out_buffer[:(span.hi - span.lo) * c_out].view(-1, c_out)
+            for g, lo, hi in span.segments:
+                torch.mm(patches[lo:hi], flat_filters[g].t(), out=span_out[lo:hi])
+            out.index_copy_(0, order[span.lo:span.hi], span_out)
+    if columns:
         return out.view(b, c_out, *out_size)
-    # the output itself when channels-last (from_rows gives a view), else a temporary
-    out = (x.new_empty(order.numel(), c_out) if channels_last(x)
-           else scratch('result_rows', order.numel() * c_out, x).view(-1, c_out))
-    patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
-    span_out_buffer = scratch('span_out', n * c_out, x).view(n, c_out)
-    for span in spans(ends, max_rows):
-        patches = patches_of.gather(span, m, patches_buffer)
-        span_out = span_out_buffer[:span.hi - span.lo]
-        for g, lo, hi in span.segments:
-            torch.mm(patches[lo:hi], flat_filters[g].t(), out=span_out[lo:hi])
-        out.index_copy_(0, order[span.lo:span.hi], span_out)
     return from_rows(out.view(b, -1, c_out), out_size, x)
 
 
-def forward_batched(patches: Patches, filters: Tensor, order: Tensor, ends: List[int],
-                    out: Tensor) -> List[int]:
-    """The 1x1 forward of the samples whose groups are balanced enough, one batched GEMM each.
-
-    A sample's m groups are gathered into m blocks of columns as long as its largest group (the
-    pad of each block reads pixel 0), multiplied by its m filters in one ``bmm``, and the rows
-    of the result put back in pixel order. Used when m * largest <= BATCH_PADDING * L and the
-    sample fits one span.
+def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Tensor) -> None:
+    """The forward of the samples in ``blocks``: one ``bmm`` of each sample's m padded groups
+    by its m filters, then the products' rows put in pixel order.
 
     Args:
-        patches (Patches): x read column-wise (``per_sample``).
-        filters (Tensor[B, m, C_out, C_in]): per-sample region filters.
-        order, ends: the sorted rows (:func:`sort_by_region`).
-        out (Tensor[B, C_out, L]): the output, written for the samples done here.
-
-    Returns:
-        List[int]: the samples done.
+        patches_of (Patches): x at the sorted rows' taps.
+        filters (Tensor[B, m, C_out, K]): per-sample region filters.
+        blocks (Blocks): the samples done here.
+        out (Tensor): the output, (B, C_out, L) (columns) or rows (B * L, C_out).
     """
     b, m, c_out, k = filters.shape
-    l = out.shape[2]
-    if l * k > PIECE_ELEMENTS:
-        return []
-    counts = torch.tensor(ends).diff(prepend=torch.zeros(1, dtype=torch.long)).view(b, m)
-    longest = counts.max(1).values
-    widths = [m * n for n in longest.tolist()]  # padded columns of each sample
-    done = [s for s in range(b) if widths[s] <= BATCH_PADDING * l]
-    if not done:
-        return []
-    # slot of each sorted row in its sample's padded blocks: group j's block starts at j * longest
-    shift = torch.arange(m) * longest[:, None] - (counts.cumsum(1) - counts)
-    slot = torch.arange(l).repeat(b) + shift.view(-1).repeat_interleave(
-        counts.view(-1), output_size=b * l)
-    slot, pixel_slot = slot.to(order.device), torch.empty_like(order)
-    pixel_slot.index_copy_(0, order, slot)  # the slot of each output pixel, (B * L)
-    widest = max(widths[s] for s in done)
-    blocks = scratch('patches', widest * k, out)
-    results = scratch('span_out', widest * c_out, out)
-    result_rows = scratch('result_rows', l * c_out, out).view(l, c_out)
-    for s in done:
-        rows, width = slice(s * l, (s + 1) * l), widths[s]
-        taps = torch.zeros(width, dtype=torch.long, device=order.device).index_copy_(
-            0, slot[rows], patches.pixels[rows])
-        columns = blocks[:k * width].view(k, width)
-        torch.index_select(patches.source[s], 1, taps, out=columns)
-        products = results[:width * c_out].view(m, -1, c_out)
-        torch.bmm(columns.view(k, m, -1).permute(1, 2, 0), filters[s].transpose(1, 2),
-                  out=products)
-        torch.index_select(products.view(-1, c_out), 0, pixel_slot[rows], out=result_rows)
-        out[s].copy_(result_rows.t())
-    return done
+    l = blocks.slot.numel() // b
+    widest = max(blocks.widths[s] for s in blocks.samples)
+    patches_buffer = scratch('patches', widest * k, out)
+    products_buffer = scratch('span_out', widest * c_out, out)
+    if patches_of.per_sample:
+        result_rows = scratch('result_rows', l * c_out, out).view(l, c_out)
+    for s in blocks.samples:
+        rows = slice(s * l, (s + 1) * l)
+        patches = patches_of.gather_blocks(s, blocks, m, patches_buffer)
+        products = products_buffer[:blocks.widths[s] * c_out].view(m, -1, c_out)
+        torch.bmm(patches, filters[s].transpose(1, 2), out=products)
+        if patches_of.per_sample:
+            torch.index_select(products.view(-1, c_out), 0, blocks.pixel_slot[rows],
+                               out=result_rows)
+            out[s].copy_(result_rows.t())
+        else:
+            torch.index_select(products.view(-1, c_out), 0, blocks.pixel_slot[rows],
+                               out=out[rows])
 
 
 def channels_last(x: Tensor) -> bool:
