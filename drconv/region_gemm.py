@@ -222,26 +222,30 @@ class Patches:
         return gather_patches(self.source, self.taps[span.lo:span.hi], buffer)
 
 
-    def gather_blocks(self, sample: int, blocks: 'Blocks', regions: int,
-                      buffer: Tensor) -> Tensor:
-        """The sample's patches as its :class:`Blocks`, (m, longest, kh * kw * C), written into
-        ``buffer`` (1-D, at least the sample's width * kh * kw * C elements). Padding rows read
-        the sample's last input row (its zero row when the convolution pads) or pixel 0
-        (columns); their products are never read."""
+    def block_taps(self, sample: int, blocks: 'Blocks') -> Tensor:
+        """What each row of the sample's :class:`Blocks` reads: pixels of the sample (width,)
+        (columns) or flat input rows (width, kh * kw) (rows). Padding rows read pixel 0 or the
+        sample's last input row (its zero row when the convolution pads)."""
         rows = slice(sample * self.pixels_out, (sample + 1) * self.pixels_out)
-        width, c = blocks.widths[sample], self.source.shape[1]
-        slot = blocks.slot[rows]
+        slot, width = blocks.slot[rows], blocks.widths[sample]
         if self.per_sample:
-            pixels = self.pixels.new_zeros(width).index_copy_(0, slot, self.pixels[rows])
-            columns = buffer[:c * width].view(c, width)
-            torch.index_select(self.source[sample], 1, pixels, out=columns)
-            return columns.view(c, regions, -1).permute(1, 2, 0)
+            return self.pixels.new_zeros(width).index_copy_(0, slot, self.pixels[rows])
         taps = self.taps.new_full((width, self.taps.shape[1]),
                                   (sample + 1) * self.rows_per_sample - 1)
-        taps.index_copy_(0, slot, self.taps[rows])
-        patches = buffer[:taps.numel() * c].view(-1, c)
-        torch.index_select(self.source, 0, taps.view(-1), out=patches)
-        return patches.view(regions, -1, taps.shape[1] * c)
+        return taps.index_copy_(0, slot, self.taps[rows])
+
+    def gather_blocks(self, sample: int, taps: Tensor, regions: int, buffer: Tensor) -> Tensor:
+        """The sample's patches as its :class:`Blocks`, (m, longest, kh * kw * C), read at
+        ``taps`` (:meth:`block_taps`) into ``buffer`` (1-D, at least taps.numel() * C
+        elements): contiguous (rows) or a permuted view of (kh * kw * C, width) (columns)."""
+        c = self.source.shape[1]
+        gathered = buffer[:taps.numel() * c]
+        if self.per_sample:
+            columns = gathered.view(c, -1)
+            torch.index_select(self.source[sample], 1, taps, out=columns)
+            return columns.view(c, regions, -1).permute(1, 2, 0)
+        torch.index_select(self.source, 0, taps.view(-1), out=gathered.view(-1, c))
+        return gathered.view(regions, -1, taps.shape[1] * c)
 
 
 class Blocks(NamedTuple):
@@ -371,7 +375,8 @@ def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Te
         result_rows = scratch('result_rows', l * c_out, out).view(l, c_out)
     for s in blocks.samples:
         rows = slice(s * l, (s + 1) * l)
-        patches = patches_of.gather_blocks(s, blocks, m, patches_buffer)
+        patches = patches_of.gather_blocks(s, patches_of.block_taps(s, blocks), m,
+                                           patches_buffer)
         products = products_buffer[:blocks.widths[s] * c_out].view(m, -1, c_out)
         torch.bmm(patches, filters[s].transpose(1, 2), out=products)
         if patches_of.per_sample:
@@ -445,6 +450,16 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     if scores_of is not None:
         shape = (order.numel(), m) if scores_of == 'all' else (order.numel(),)
         scores = scratch('scores', order.numel() * (m if scores_of == 'all' else 1), x).view(shape)
+    batched = set()
+    # rows only: a 1x1 kernel read column-wise has small per-group GEMMs, and its all-region
+    # scores need the unpadded rows anyway (batched there, fwd+bwd took 28.3 vs 27.0 ms)
+    blocks = None if columns else balanced_blocks(order, ends, m, k)
+    if blocks is not None and blocks.samples:
+        backward_blocks(patches_of, grads_of, filters, blocks, grad_x, grad_filters,
+                        scores_of, scores)
+        for s in blocks.samples:
+            written[s * m:(s + 1) * m] = [True] * m
+        batched = set(blocks.samples)
     max_rows = max(1, PIECE_ELEMENTS // k)
     n = min(max_rows, order.numel())  # rows of the longest span
     patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
@@ -457,35 +472,23 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     # one sample per span (what column reads need), split evenly: the all-region scores pack
     # the sample's m filters once per GEMM, so a short leftover span would cost a whole packing
     for span in spans(ends, max_rows, m):
+        sample = span.segments[0][0] // m
+        done = sample in batched  # by backward_blocks, all but the all-region scores
+        if done and scores_of != 'all':
+            continue
         patches = patches_of.gather(span, m, patches_buffer)
         grad = grads_of.gather(span, m, grad_buffer)
-        if columns:
-            grad_columns = padded_columns(grad_patches_buffer, k, patches.shape[0])
-            grad_patches = grad_columns[:, :patches.shape[0]].t()
-        else:
-            grad_patches = grad_patches_buffer[:patches.numel()].view(patches.shape)
-        for g, lo, hi in span.segments:
-            if need_filters:
-                if not written[g]:  # MKL reads the output first: fresh pages would fault twice
-                    grad_filters[g].zero_()
-                    written[g] = True
-                grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi])
-            torch.mm(grad[lo:hi], flat_filters[g], out=grad_patches[lo:hi])
-        if need_input and columns:
-            put_columns(grad_x[span.segments[0][0] // m], patches_of.pixels[span.lo:span.hi],
-                        grad_columns)
-        elif need_input:
-            grad_x.index_add_(0, patches_of.taps[span.lo:span.hi].view(-1),
-                              grad_patches.view(-1, c_in))
+        if not done:
+            backward_span(span, sample, patches, grad, flat_filters, patches_of,
+                          grad_patches_buffer, grad_x, grad_filters, written,
+                          scores if scores_of == 'selected' else None)
         if scores_of == 'all':
-            every_filter = filters[span.segments[0][0] // m].view(m * c_out, k)
+            every_filter = filters[sample].view(m * c_out, k)
             step = responses_buffer.numel() // (m * c_out)
             for a in range(0, span.hi - span.lo, step):
                 z = min(a + step, span.hi - span.lo)
                 region_scores(patches[a:z], grad[a:z], every_filter, responses_buffer,
                               scores[span.lo + a:span.lo + z])
-        elif scores_of == 'selected':
-            torch.sum(grad_patches.mul_(patches), 1, out=scores[span.lo:span.hi])
     if need_filters:
         grad_filters[[g for g in range(b * m) if not written[g]]] = 0  # groups without pixels
         grad_filters = grad_filters.view_as(filters)
@@ -498,6 +501,90 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         scores = torch.empty_like(scores).index_copy_(0, order, scores).view(
             b, -1, *scores.shape[1:])
     return grad_x, grad_filters, scores
+
+
+def backward_span(span: Span, sample: int, patches: Tensor, grad: Tensor, flat_filters: Tensor,
+                  patches_of: Patches, grad_patches_buffer: Tensor, grad_x: Optional[Tensor],
+                  grad_filters: Optional[Tensor], written: List[bool],
+                  selected_scores: Optional[Tensor]) -> None:
+    """The backward of one span, one GEMM per group, but for the all-region scores.
+
+    Args:
+        span (Span), sample (int): the sorted rows done, all of that sample.
+        patches, grad (Tensor[n, K], Tensor[n, C_out]): their patches and output gradient.
+        flat_filters (Tensor[B * m, C_out, K]): per-sample region filters.
+        patches_of (Patches): x at the sorted rows' taps.
+        grad_patches_buffer (Tensor): scratch of at least K * (n + COLUMN_PAD) elements.
+        grad_x, grad_filters: as :func:`backward_blocks` takes them; ``written`` flags the
+            groups whose filter gradient holds a value.
+        selected_scores (Tensor or None): the selected region's scores, (B * L), sorted rows.
+    """
+    n, k = patches.shape
+    if patches_of.per_sample:
+        grad_columns = padded_columns(grad_patches_buffer, k, n)
+        grad_patches = grad_columns[:, :n].t()
+    else:
+        grad_patches = grad_patches_buffer[:patches.numel()].view(patches.shape)
+    for g, lo, hi in span.segments:
+        if grad_filters is not None:
+            if not written[g]:  # MKL reads the output first: fresh pages would fault twice
+                grad_filters[g].zero_()
+                written[g] = True
+            grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi])
+        if grad_x is not None or selected_scores is not None:
+            torch.mm(grad[lo:hi], flat_filters[g], out=grad_patches[lo:hi])
+    if grad_x is not None and patches_of.per_sample:
+        put_columns(grad_x[sample], patches_of.pixels[span.lo:span.hi], grad_columns)
+    elif grad_x is not None:
+        grad_x.index_add_(0, patches_of.taps[span.lo:span.hi].view(-1),
+                          grad_patches.view(-1, grad_x.shape[1]))
+    if selected_scores is not None:
+        torch.sum(grad_patches.mul_(patches), 1, out=selected_scores[span.lo:span.hi])
+
+
+def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blocks: Blocks,
+                    grad_x: Optional[Tensor], grad_filters: Optional[Tensor],
+                    scores_of: Optional[str], scores: Optional[Tensor]) -> None:
+    """The backward of the samples in ``blocks``, the :func:`forward_blocks` way, but for the
+    all-region scores (left to the spans: padding rows would add to the largest GEMMs): per
+    sample, one ``bmm`` each for the filter gradient and for the patches' gradient (the padding
+    rows' output gradient is zeroed, so they add nothing) and the selected region's scores.
+
+    Args:
+        patches_of, grads_of (Patches): x (read row-wise) and the output gradient at the
+            sorted rows.
+        filters (Tensor[B, m, C_out, K]): per-sample region filters.
+        blocks (Blocks): the samples done here.
+        grad_x, grad_filters, scores: as :func:`backward` fills them (None: not asked), the
+            gradient of x as rows (B * P, C_in), the filters' as (B * m, C_out, K) and the
+            ``'selected'`` scores in sorted-row order.
+    """
+    b, m, c_out, k = filters.shape
+    l = patches_of.pixels_out
+    widest = max(blocks.widths[s] for s in blocks.samples)
+    patches_buffer = scratch('patches', widest * k, filters)
+    grad_buffer = scratch('span_out', widest * c_out, filters)
+    grad_patches_buffer = scratch('grad_patches', widest * k, filters)
+    if scores_of == 'selected':
+        block_scores = scratch('block_scores', widest, filters)
+    for s in blocks.samples:
+        rows, width = slice(s * l, (s + 1) * l), blocks.widths[s]
+        taps = patches_of.block_taps(s, blocks)
+        patches = patches_of.gather_blocks(s, taps, m, patches_buffer)
+        grad = grads_of.gather_blocks(s, grads_of.block_taps(s, blocks), m, grad_buffer)
+        valid = grad.new_zeros(width).index_fill_(0, blocks.slot[rows], 1)
+        grad.mul_(valid.view(m, -1, 1))  # padding rows get a zero gradient: they add nothing
+        if grad_filters is not None:  # zeroed first: MKL reads its output (a page fault each)
+            grad_filters[s * m:(s + 1) * m].zero_().baddbmm_(grad.transpose(1, 2), patches)
+        if grad_x is not None or scores_of == 'selected':
+            grad_patches = grad_patches_buffer[:width * k].view(m, -1, k)
+            torch.bmm(grad, filters[s], out=grad_patches)
+        if grad_x is not None:
+            grad_x.index_add_(0, taps.view(-1), grad_patches.view(-1, grad_x.shape[1]))
+        if scores_of == 'selected':
+            padded_scores = block_scores[:width]
+            torch.sum(grad_patches.mul_(patches).view(width, k), 1, out=padded_scores)
+            torch.index_select(padded_scores, 0, blocks.slot[rows], out=scores[rows])
 
 
 def region_scores(patches: Tensor, grad: Tensor, every_filter: Tensor, buffer: Tensor,

@@ -137,9 +137,12 @@ def test_pointwise_reads_columns_or_rows(monkeypatch, x_layout, grad_layout, pie
                                              (3, 2, 'nhwc'), (1, 1, 'nhwc')])
 @pytest.mark.parametrize('batch_padding,batched', [(1.3, [0]), (100.0, [0, 1, 2]),
                                                    (0.5, [])])
-def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padding, batched):
+@pytest.mark.parametrize('guide_grad', ['exact', 'top2'])
+def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padding, batched,
+                                      guide_grad):
     """A sample whose regions are balanced is multiplied in one batched GEMM, its groups padded
-    to the largest; the others group by group; same results, empty regions included."""
+    to the largest, forward and backward; the others group by group; same results, empty
+    regions included."""
     from drconv import region_gemm
     monkeypatch.setattr(region_gemm, 'BATCH_PADDING', batch_padding)
     done = []
@@ -147,7 +150,7 @@ def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padd
 
     def spy(*args):
         blocks = balanced_blocks(*args)
-        done.extend(blocks.samples)
+        done.append(blocks.samples)
         return blocks
 
     monkeypatch.setattr(region_gemm, 'balanced_blocks', spy)
@@ -160,11 +163,21 @@ def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padd
     guide[1] = F.one_hot(torch.zeros_like(pixel), 4).permute(2, 0, 1)  # one region, 3 empty
     guide[2] = F.one_hot((pixel < 5).long() * 2, 4).permute(2, 0, 1)  # 5 pixels vs the rest
     kw = dict(stride=stride, padding=k // 2)
-    with torch.no_grad():
-        got = region_conv(x, weight, guide, **kw)
-    assert done == batched
-    torch.testing.assert_close(got, region_conv_dense(x, weight, guide, **kw), rtol=1e-10,
-                               atol=1e-10)
+    grad_out = torch.randn(3, 5, h_out, w_out, dtype=torch.float64)
+    if layout == 'nhwc':
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    got = grads(region_conv, (x, weight, guide), grad_out, guide_grad=guide_grad, **kw)
+    if (k, layout) == (1, 'nchw'):  # a 1x1 kernel read column-wise batches its forward only
+        assert done == [batched]
+    else:  # forward, then backward ('top2': and by second regions)
+        assert done[:2] == [batched, batched]
+    monkeypatch.setattr(region_gemm, 'BATCH_PADDING', 0.0)  # every group its own GEMM
+    wants = [grads(region_conv, (x, weight, guide), grad_out, guide_grad=guide_grad, **kw)]
+    if guide_grad == 'exact':
+        wants.append(grads(region_conv_dense, (x, weight, guide), grad_out, **kw))
+    for want in wants:
+        for name, a, e in zip(('output', 'd/dx', 'd/dweight', 'd/dguide'), got, want):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize('k', [3, 1])

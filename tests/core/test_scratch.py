@@ -16,7 +16,8 @@ def test_same_name_reuses_memory_per_thread_and_dtype():
     assert scratch('test_other', 100, like).data_ptr() != a.data_ptr()
     assert scratch('test_buffer', 100, like.double()).dtype == torch.float64
     grown = scratch('test_buffer', 1000, like)
-    assert grown.numel() == 1000 and scratch('test_buffer', 10, like).data_ptr() == grown.data_ptr()
+    assert grown.numel() == 1000
+    assert scratch('test_buffer', 10, like).data_ptr() == grown.data_ptr()
     in_thread = []
     thread = threading.Thread(
         target=lambda: in_thread.append(scratch('test_buffer', 100, like).data_ptr()))
