@@ -6,9 +6,11 @@ k x k input patches are gathered straight from the channels-last input (im2col f
 gather: one ``index_select`` of whole ``C_in`` vectors; taps in the zero padding read a zero row
 kept after each sample's pixels), and each group's run is multiplied by that group's filter only.
 A 1x1 kernel on an NCHW tensor gathers the tensor's own columns instead (:class:`Patches`). The
-sorted rows are cut into spans of bounded size, so the working memory does not grow with the
-image; the temporaries come from :func:`drconv.scratch.scratch` (on CPU, memory kept between
-calls) and are reused by every span, and each span's results are copied to their pixels.
+sorted rows are cut into spans of one sample and bounded size, so the working memory does not
+grow with the image; a sample whose groups are balanced is instead laid out as m equal blocks
+(:class:`Blocks`) and multiplied in one batched GEMM. The temporaries come from
+:func:`drconv.scratch.scratch` (on CPU, memory kept between calls), and each span's results are
+copied to their pixels.
 
 Layouts used here (``L = H_out * W_out``, ``P = H * W`` plus 1 if padded, ``K = kh * kw * C_in``):
     input rows      (B, P, C_in)        channels-last pixels, then the zero row if padded
