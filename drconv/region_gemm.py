@@ -178,7 +178,8 @@ def sorted_taps(index: Tensor, order: Tensor, rows_per_sample: int) -> Tensor:
 
 
 class Patches:
-    """Reads a (B, C, H, W) tensor at the taps of the sorted rows, one span at a time.
+    """Reads a (B, C, H, W) tensor at the taps of the sorted rows, a span or a sample's
+    :class:`Blocks` at a time.
 
     Two ways, same results. Rows: a channels-last copy (:func:`to_rows`; a view when the tensor
     is channels-last already) gathered row-wise, whole C vectors per tap; any kernel. Columns, for
@@ -222,7 +223,6 @@ class Patches:
                                torch.cat((pixels, pixels.new_zeros(COLUMN_PAD))), out=padded)
             return padded[:, :pixels.numel()].t()
         return gather_patches(self.source, self.taps[span.lo:span.hi], buffer)
-
 
     def block_taps(self, sample: int, blocks: 'Blocks') -> Tensor:
         """What each row of the sample's :class:`Blocks` reads: pixels of the sample (width,)
