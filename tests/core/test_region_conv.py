@@ -118,6 +118,7 @@ def test_pointwise_reads_columns_or_rows(monkeypatch, x_layout, grad_layout, pie
     whether a span holds a whole sample or a part."""
     from drconv import region_gemm
     monkeypatch.setattr(region_gemm, 'PIECE_ELEMENTS', piece_elements)
+    monkeypatch.setattr(region_gemm, 'BATCH_PADDING', 0.0)  # spans, not batched blocks
     x, weight, guide = make_inputs(3, 4, 5, (9, 8), 1, stride, 0, 1, 3, seed=4)
     h_out, w_out = guide.shape[2:]
     grad_out = torch.randn(3, 5, h_out, w_out, dtype=torch.float64)
@@ -201,6 +202,7 @@ def test_large_image_is_cut_into_spans(monkeypatch, piece_elements, response_row
     grad_out = torch.randn(2, 4, 16, 16, dtype=torch.float64)
     want = grads(region_conv, (x, weight, guide), grad_out, padding=1)
     monkeypatch.setattr(region_gemm, 'PIECE_ELEMENTS', piece_elements)
+    monkeypatch.setattr(region_gemm, 'BATCH_PADDING', 0.0)  # spans, not batched blocks
     monkeypatch.setattr(region_gemm, 'RESPONSE_ROWS', response_rows)
     got = grads(region_conv, (x, weight, guide), grad_out, padding=1)
     for a, e in zip(got, want):
