@@ -360,7 +360,8 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
 
 def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Tensor) -> None:
     """The forward of the samples in ``blocks``: one ``bmm`` of each sample's m padded groups
-    by its m filters, then the products' rows put in pixel order.
+    by its m filters, then the products' rows put in pixel order (columns: into rows, then into
+    ``out`` with one transposing copy, twice as fast as one per sample).
 
     Args:
         patches_of (Patches): x at the sorted rows' taps.
@@ -373,21 +374,24 @@ def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Te
     widest = max(blocks.widths[s] for s in blocks.samples)
     patches_buffer = scratch('patches', widest * k, out)
     products_buffer = scratch('span_out', widest * c_out, out)
-    if patches_of.per_sample:
-        result_rows = scratch('result_rows', l * c_out, out).view(l, c_out)
+    # rows in pixel order: ``out`` itself (rows), or a temporary (columns)
+    rows_out = (scratch('result_rows', b * l * c_out, out).view(-1, c_out)
+                if patches_of.per_sample else out)
     for s in blocks.samples:
         rows = slice(s * l, (s + 1) * l)
         patches = patches_of.gather_blocks(s, patches_of.block_taps(s, blocks), m,
                                            patches_buffer)
         products = products_buffer[:blocks.widths[s] * c_out].view(m, -1, c_out)
         torch.bmm(patches, filters[s].transpose(1, 2), out=products)
-        if patches_of.per_sample:
-            torch.index_select(products.view(-1, c_out), 0, blocks.pixel_slot[rows],
-                               out=result_rows)
-            out[s].copy_(result_rows.t())
+        torch.index_select(products.view(-1, c_out), 0, blocks.pixel_slot[rows],
+                           out=rows_out[rows])
+    if patches_of.per_sample:
+        rows_out = rows_out.view(b, l, c_out)
+        if len(blocks.samples) == b:
+            out.copy_(rows_out.transpose(1, 2))
         else:
-            torch.index_select(products.view(-1, c_out), 0, blocks.pixel_slot[rows],
-                               out=out[rows])
+            for s in blocks.samples:
+                out[s].copy_(rows_out[s].t())
 
 
 def channels_last(x: Tensor) -> bool:
