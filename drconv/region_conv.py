@@ -8,10 +8,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import region_gemm, triton_forward
+from .patches import Geometry, from_rows, patch_index
 from ._utils import IntPair, conv_output_size, pair
 
 
-def check_inputs(x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geometry) -> None:
+def check_inputs(x: Tensor, weight: Tensor, guide: Tensor, geo: Geometry) -> None:
     """Raise ValueError naming the tensor and shapes when the op's inputs do not fit together."""
     if x.dim() != 4:
         raise ValueError(f'region_conv: x must be (B, C_in, H, W), got shape {tuple(x.shape)}')
@@ -96,18 +97,18 @@ class RegionConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, guide: Tensor, geo: region_gemm.Geometry,
+    def forward(ctx, x: Tensor, weight: Tensor, guide: Tensor, geo: Geometry,
                 guide_grad: str) -> Tensor:
         b, c_in, h, w = x.shape
         _, m, c_out = weight.shape[:3]
         out_size = tuple(guide.shape[2:])
         filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1).contiguous()
         region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
-        index = region_gemm.patch_index((h, w), out_size, geo, x.device)
+        index = patch_index((h, w), out_size, geo, x.device)
         if triton_forward.is_available(x):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
-            out = region_gemm.from_rows(rows, out_size, x)
+            out = from_rows(rows, out_size, x)
         else:
             out = region_gemm.forward(x, filters, region, index, any(geo.padding), out_size)
         ctx.save_for_backward(x, filters, guide, region, index)
@@ -170,7 +171,7 @@ def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
         of x (channels-last when x is, else contiguous), as is the gradient x receives.
     """
     kernel = (weight.shape[-2], weight.shape[-1]) if weight.dim() == 6 else (1, 1)
-    geo = region_gemm.Geometry(kernel, pair(stride, 'stride', 1), pair(padding, 'padding', 0),
+    geo = Geometry(kernel, pair(stride, 'stride', 1), pair(padding, 'padding', 0),
                                pair(dilation, 'dilation', 1))
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):

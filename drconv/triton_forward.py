@@ -1,8 +1,8 @@
 """Fused Triton forward of :func:`drconv.region_conv`, used automatically on CUDA.
 
 One program computes a tile of ``BLOCK_M`` output pixels that share a (sample, region) group
-(pixels sorted by region, as in :mod:`drconv.region_gemm`) times ``BLOCK_N`` output channels. It
-gathers each pixel's k x k patch straight from the channels-last input while it multiplies (no
+(pixels sorted by region, as in :mod:`drconv.sorted_rows`) times ``BLOCK_N`` output channels.
+It gathers each pixel's k x k patch straight from the channels-last input while it multiplies (no
 im2col buffer, no padded copy: out-of-image taps are masked to zero) and writes the finished
 rows to their pixels. Triton is optional: without it, or off CUDA, the pure-PyTorch path runs.
 ``TRITON_INTERPRET=1`` runs the same kernel on the CPU, which is how the tests check it.

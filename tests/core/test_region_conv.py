@@ -116,9 +116,9 @@ def test_pointwise_reads_columns_or_rows(monkeypatch, x_layout, grad_layout, pie
                                          stride):
     """1x1 kernels read NCHW tensors column-wise and channels-last ones row-wise; same results,
     whether a span holds a whole sample or a part."""
-    from drconv import region_gemm
+    from drconv import region_gemm, sorted_rows
     monkeypatch.setattr(region_gemm, 'PIECE_ELEMENTS', piece_elements)
-    monkeypatch.setattr(region_gemm, 'BATCH_PADDING', 0.0)  # spans, not batched blocks
+    monkeypatch.setattr(sorted_rows, 'BATCH_PADDING', 0.0)  # spans, not batched blocks
     x, weight, guide = make_inputs(3, 4, 5, (9, 8), 1, stride, 0, 1, 3, seed=4)
     h_out, w_out = guide.shape[2:]
     grad_out = torch.randn(3, 5, h_out, w_out, dtype=torch.float64)
@@ -144,8 +144,8 @@ def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padd
     """A sample whose regions are balanced is multiplied in one batched GEMM, its groups padded
     to the largest, forward and backward; the others group by group; same results, empty
     regions included."""
-    from drconv import region_gemm
-    monkeypatch.setattr(region_gemm, 'BATCH_PADDING', batch_padding)
+    from drconv import region_gemm, sorted_rows
+    monkeypatch.setattr(sorted_rows, 'BATCH_PADDING', batch_padding)
     done = []
     balanced_blocks = region_gemm.balanced_blocks
 
@@ -172,7 +172,7 @@ def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padd
         assert done == [batched]
     else:  # forward, then backward ('top2': and by second regions)
         assert done[:2] == [batched, batched]
-    monkeypatch.setattr(region_gemm, 'BATCH_PADDING', 0.0)  # every group its own GEMM
+    monkeypatch.setattr(sorted_rows, 'BATCH_PADDING', 0.0)  # every group its own GEMM
     wants = [grads(region_conv, (x, weight, guide), grad_out, guide_grad=guide_grad, **kw)]
     if guide_grad == 'exact':
         wants.append(grads(region_conv_dense, (x, weight, guide), grad_out, **kw))
@@ -197,12 +197,12 @@ def test_bfloat16_under_cpu_autocast(k):
 def test_large_image_is_cut_into_spans(monkeypatch, piece_elements, response_rows):
     """Spans shorter than a region run split it, and so do the chunks of all-region responses;
     results are unchanged."""
-    from drconv import region_gemm
+    from drconv import region_gemm, sorted_rows
     x, weight, guide = make_inputs(2, 3, 4, (16, 16), 3, 1, 1, 1, 2, seed=5)
     grad_out = torch.randn(2, 4, 16, 16, dtype=torch.float64)
     want = grads(region_conv, (x, weight, guide), grad_out, padding=1)
     monkeypatch.setattr(region_gemm, 'PIECE_ELEMENTS', piece_elements)
-    monkeypatch.setattr(region_gemm, 'BATCH_PADDING', 0.0)  # spans, not batched blocks
+    monkeypatch.setattr(sorted_rows, 'BATCH_PADDING', 0.0)  # spans, not batched blocks
     monkeypatch.setattr(region_gemm, 'RESPONSE_ROWS', response_rows)
     got = grads(region_conv, (x, weight, guide), grad_out, padding=1)
     for a, e in zip(got, want):
@@ -210,7 +210,7 @@ def test_large_image_is_cut_into_spans(monkeypatch, piece_elements, response_row
 
 
 def test_spans_cover_every_row_once():
-    from drconv.region_gemm import spans
+    from drconv.sorted_rows import spans
     ends = [0, 3, 3, 10, 11, 11, 17]  # groups 0, 2 and 5 are empty
     got = [(span.lo, span.hi, span.segments) for span in spans(ends, 4)]
     assert got == [(0, 4, [(1, 0, 3), (3, 3, 4)]), (4, 8, [(3, 0, 4)]),
