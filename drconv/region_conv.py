@@ -172,7 +172,7 @@ def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
     """
     kernel = (weight.shape[-2], weight.shape[-1]) if weight.dim() == 6 else (1, 1)
     geo = Geometry(kernel, pair(stride, 'stride', 1), pair(padding, 'padding', 0),
-                               pair(dilation, 'dilation', 1))
+                   pair(dilation, 'dilation', 1))
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)

@@ -158,16 +158,17 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     if scores_of is not None:
         shape = (order.numel(), m) if scores_of == 'all' else (order.numel(),)
         scores = scratch('scores', order.numel() * (m if scores_of == 'all' else 1), x).view(shape)
-    batched = set()
     # rows only: a 1x1 kernel read column-wise has small per-group GEMMs, and its all-region
     # scores need the unpadded rows anyway (batched there, fwd+bwd took 28.3 vs 27.0 ms)
-    blocks = None if columns else balanced_blocks(order, ends, m, k)
-    if blocks is not None and blocks.samples:
+    batched = set()
+    if not columns:
+        blocks = balanced_blocks(order, ends, m, k)
+        batched = set(blocks.samples)
+    if batched:
         backward_blocks(patches_of, grads_of, filters, blocks, grad_x, grad_filters,
                         scores_of, scores)
-        for s in blocks.samples:
+        for s in batched:
             written[s * m:(s + 1) * m] = [True] * m
-        batched = set(blocks.samples)
     max_rows = max(1, PIECE_ELEMENTS // k)
     n = min(max_rows, order.numel())  # rows of the longest span
     patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
@@ -223,8 +224,9 @@ def backward_span(span: Span, sample: int, patches: Tensor, grad: Tensor, flat_f
         flat_filters (Tensor[B * m, C_out, K]): per-sample region filters.
         patches_of (Patches): x at the sorted rows' taps.
         grad_patches_buffer (Tensor): scratch of at least K * (n + COLUMN_PAD) elements.
-        grad_x, grad_filters: as :func:`backward_blocks` takes them; ``written`` flags the
-            groups whose filter gradient holds a value.
+        grad_x, grad_filters: as :func:`backward` fills them (None: not asked), the gradient
+            of x as (B, C_in, H * W) (columns) or rows (B * P, C_in), the filters' as
+            (B * m, C_out, K); ``written`` flags the groups whose filter gradient holds a value.
         selected_scores (Tensor or None): the selected region's scores, (B * L), sorted rows.
     """
     n, k = patches.shape
@@ -267,7 +269,7 @@ def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blo
             gradient of x as rows (B * P, C_in), the filters' as (B * m, C_out, K) and the
             ``'selected'`` scores in sorted-row order.
     """
-    b, m, c_out, k = filters.shape
+    m, c_out, k = filters.shape[1:]
     l = patches_of.pixels_out
     widest = max(blocks.widths[s] for s in blocks.samples)
     patches_buffer = scratch('patches', widest * k, filters)

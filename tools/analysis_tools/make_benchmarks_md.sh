@@ -38,8 +38,8 @@ section() {  # section TITLE COMMAND...: a heading, the command, and its stdout
 } >> "$body"
 
 B=tools/analysis_tools/benchmark_drconv.py
-# The target layers three times, each in a fresh process: on a shared VM the op's time moves
-# between processes (by up to 1.6x in our runs) while conv's barely does, so one run misleads.
+# The target layers three times, each in a fresh process: on a shared VM the op's time switches
+# between two levels for minutes at a time while conv's does not, so one run misleads.
 for run in 1 2 3; do
   section "The op on the issue's target layers (run $run of 3, a fresh process each)" \
     $PY $B --device "$DEVICE" --threads "$THREADS" --repeat "$REPEAT" --top2 \
