@@ -152,8 +152,9 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         grad_x = (x.new_zeros(b * patches_of.rows_per_sample, c_in) if channels_last(x) else
                   scratch('result_rows', b * patches_of.rows_per_sample * c_in, x)
                   .view(-1, c_in).zero_())
-    grad_filters = torch.empty_like(flat_filters) if need_filters else None
-    written = [False] * (b * m)  # groups whose filter gradient holds a value
+    # zeroed at once (groups without pixels keep it): MKL reads a GEMM's output before
+    # writing it, so each fresh page would fault twice, and one memset is one parallel region
+    grad_filters = torch.zeros_like(flat_filters) if need_filters else None
     scores = None
     if scores_of is not None:
         shape = (order.numel(), m) if scores_of == 'all' else (order.numel(),)
@@ -167,8 +168,6 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     if batched:
         backward_blocks(patches_of, grads_of, filters, blocks, grad_x, grad_filters,
                         scores_of, scores)
-        for s in batched:
-            written[s * m:(s + 1) * m] = [True] * m
     max_rows = max(1, PIECE_ELEMENTS // k)
     n = min(max_rows, order.numel())  # rows of the longest span
     patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
@@ -185,21 +184,33 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         done = sample in batched  # by backward_blocks, all but the all-region scores
         if done and scores_of != 'all':
             continue
+        n = span.hi - span.lo
         patches = patches_of.gather(span, m, patches_buffer)
         grad = grads_of.gather(span, m, grad_buffer)
+        grad_patches = (patch_grads(grad_patches_buffer, columns, n, k)
+                        if not done and grad_x is not None else None)
+        # with K <= C_out the scores come from every region's patch gradient, which gives the
+        # selected one's for free (1x1 fwd+bwd: 0 vs 64 GEMMs of one group each)
+        via_patch_grads = scores_of == 'all' and k <= c_out and not done
+        if scores_of == 'all':
+            step = responses_buffer.numel() // (m * c_out)
+            for a in range(0, n, step):
+                z = min(a + step, n)
+                if via_patch_grads:
+                    segments = [(g % m, max(lo, a) - a, min(hi, z) - a)
+                                for g, lo, hi in span.segments if lo < z and hi > a]
+                    scores_via_patch_grads(
+                        patches[a:z], grad[a:z], filters[sample], segments, responses_buffer,
+                        scores[span.lo + a:span.lo + z],
+                        grad_patches[a:z] if grad_patches is not None else None)
+                else:
+                    region_scores(patches[a:z], grad[a:z], filters[sample].view(m * c_out, k),
+                                  responses_buffer, scores[span.lo + a:span.lo + z])
         if not done:
             backward_span(span, sample, patches, grad, flat_filters, patches_of,
-                          grad_patches_buffer, grad_x, grad_filters, written,
+                          grad_patches_buffer, via_patch_grads, grad_x, grad_filters,
                           scores if scores_of == 'selected' else None)
-        if scores_of == 'all':
-            every_filter = filters[sample].view(m * c_out, k)
-            step = responses_buffer.numel() // (m * c_out)
-            for a in range(0, span.hi - span.lo, step):
-                z = min(a + step, span.hi - span.lo)
-                region_scores(patches[a:z], grad[a:z], every_filter, responses_buffer,
-                              scores[span.lo + a:span.lo + z])
     if need_filters:
-        grad_filters[[g for g in range(b * m) if not written[g]]] = 0  # groups without pixels
         grad_filters = grad_filters.view_as(filters)
     if need_input and columns:
         grad_x = grad_x.view_as(x)
@@ -213,8 +224,8 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
 
 
 def backward_span(span: Span, sample: int, patches: Tensor, grad: Tensor, flat_filters: Tensor,
-                  patches_of: Patches, grad_patches_buffer: Tensor, grad_x: Optional[Tensor],
-                  grad_filters: Optional[Tensor], written: List[bool],
+                  patches_of: Patches, grad_patches_buffer: Tensor, have_grad_patches: bool,
+                  grad_x: Optional[Tensor], grad_filters: Optional[Tensor],
                   selected_scores: Optional[Tensor]) -> None:
     """The backward of one span, one GEMM per group, but for the all-region scores.
 
@@ -223,33 +234,35 @@ def backward_span(span: Span, sample: int, patches: Tensor, grad: Tensor, flat_f
         patches, grad (Tensor[n, K], Tensor[n, C_out]): their patches and output gradient.
         flat_filters (Tensor[B * m, C_out, K]): per-sample region filters.
         patches_of (Patches): x at the sorted rows' taps.
-        grad_patches_buffer (Tensor): scratch of at least K * (n + COLUMN_PAD) elements.
+        grad_patches_buffer (Tensor): scratch of at least K * (n + COLUMN_PAD) elements, for
+            the patches' gradient (:func:`patch_grads`); ``have_grad_patches``: it holds them
+            already (:func:`scores_via_patch_grads`).
         grad_x, grad_filters: as :func:`backward` fills them (None: not asked), the gradient
             of x as (B, C_in, H * W) (columns) or rows (B * P, C_in), the filters' as
-            (B * m, C_out, K); ``written`` flags the groups whose filter gradient holds a value.
+            (B * m, C_out, K), zeroed, the groups' gradients added to it.
         selected_scores (Tensor or None): the selected region's scores, (B * L), sorted rows.
     """
     n, k = patches.shape
-    if patches_of.per_sample:
-        grad_columns = padded_columns(grad_patches_buffer, k, n)
-        grad_patches = grad_columns[:, :n].t()
-    else:
-        grad_patches = grad_patches_buffer[:patches.numel()].view(patches.shape)
+    grad_patches = patch_grads(grad_patches_buffer, patches_of.per_sample, n, k)
     for g, lo, hi in span.segments:
         if grad_filters is not None:
-            if not written[g]:  # MKL reads the output first: fresh pages would fault twice
-                grad_filters[g].zero_()
-                written[g] = True
             grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi])
-        if grad_x is not None or selected_scores is not None:
+        if (grad_x is not None or selected_scores is not None) and not have_grad_patches:
             torch.mm(grad[lo:hi], flat_filters[g], out=grad_patches[lo:hi])
     if grad_x is not None and patches_of.per_sample:
-        put_columns(grad_x[sample], patches_of.pixels[span.lo:span.hi], grad_columns)
+        put_columns(grad_x[sample], patches_of.pixels[span.lo:span.hi],
+                    padded_columns(grad_patches_buffer, k, n))
     elif grad_x is not None:
         grad_x.index_add_(0, patches_of.taps[span.lo:span.hi].view(-1),
                           grad_patches.view(-1, grad_x.shape[1]))
     if selected_scores is not None:
         torch.sum(grad_patches.mul_(patches), 1, out=selected_scores[span.lo:span.hi])
+
+
+def patch_grads(buffer: Tensor, columns: bool, n: int, k: int) -> Tensor:
+    """The (n, K) patch gradient of a span in ``buffer`` (1-D): rows, or (columns) the
+    transpose of the first n columns of a :func:`padded_columns` matrix (K, n + COLUMN_PAD)."""
+    return padded_columns(buffer, k, n)[:, :n].t() if columns else buffer[:n * k].view(n, k)
 
 
 def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blocks: Blocks,
@@ -284,8 +297,8 @@ def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blo
         grad = grads_of.gather_blocks(s, grads_of.block_taps(s, blocks), m, grad_buffer)
         valid = grad.new_zeros(width).index_fill_(0, blocks.slot[rows], 1)
         grad.mul_(valid.view(m, -1, 1))  # padding rows get a zero gradient: they add nothing
-        if grad_filters is not None:  # zeroed first: MKL reads its output (a page fault each)
-            grad_filters[s * m:(s + 1) * m].zero_().baddbmm_(grad.transpose(1, 2), patches)
+        if grad_filters is not None:
+            grad_filters[s * m:(s + 1) * m].baddbmm_(grad.transpose(1, 2), patches)
         if grad_x is not None or scores_of == 'selected':
             grad_patches = grad_patches_buffer[:width * k].view(m, -1, k)
             torch.bmm(grad, filters[s], out=grad_patches)
@@ -318,3 +331,32 @@ def region_scores(patches: Tensor, grad: Tensor, every_filter: Tensor, buffer: T
         responses = buffer[:n * m_c].view(n, m_c)
         torch.mm(patches, every_filter.t(), out=responses)
         torch.sum(responses.view(n, -1, c_out).mul_(grad[:, None, :]), 2, out=out)
+
+
+def scores_via_patch_grads(patches: Tensor, grad: Tensor, filters: Tensor,
+                           segments: List[Tuple[int, int, int]], buffer: Tensor, out: Tensor,
+                           grad_patches: Optional[Tensor]) -> None:
+    """:func:`region_scores` the other way round: every region's patch gradient
+    ``U_j = grad @ W_j`` (n, K), then ``s_j = <U_j, patches>`` row by row. The same multiply-adds
+    over m * K products instead of m * C_out, so the way when K <= C_out (1x1 kernels); the
+    selected region's U_j is the patch gradient, copied into ``grad_patches`` at no GEMM's cost.
+
+    Args:
+        patches (Tensor[n, K]): the pixels' patches (rows, or a transposed view of columns).
+        grad (Tensor[n, C_out]): the output gradient there (likewise).
+        filters (Tensor[m, C_out, K]): the sample's m filters.
+        segments (List[Tuple[int, int, int]]): ``(region, a, b)``: rows a:b have that region.
+        buffer (Tensor): scratch of at least n * m * K elements.
+        out (Tensor[n, m]): the scores.
+        grad_patches (Tensor[n, K] or None): the patch gradient (laid out like ``patches``).
+    """
+    n, (m, c_out, k) = patches.shape[0], filters.shape
+    if patches.stride(0) == 1:  # columns: U as (m, K, n), read as (m, n, K)
+        u = torch.bmm(filters.transpose(1, 2), grad.t().expand(m, c_out, n),
+                      out=buffer[:m * k * n].view(m, k, n)).transpose(1, 2)
+    else:
+        u = torch.bmm(grad.expand(m, n, c_out), filters, out=buffer[:m * n * k].view(m, n, k))
+    if grad_patches is not None:
+        for region, a, b in segments:
+            grad_patches[a:b].copy_(u[region, a:b])
+    out.copy_(u.mul_(patches).sum(2).t())
