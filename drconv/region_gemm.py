@@ -61,10 +61,8 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     n = min(max_rows, l)  # rows of the longest span: spans hold one sample
     patches_buffer = scratch('patches', patches_of.buffer_numel(n), x)
     span_out_buffer = scratch('span_out', c_out * (n + COLUMN_PAD), x)
-    for span in spans(ends, max_rows, m):
+    for span in spans(ends, max_rows, m, skip=batched):
         sample = span.segments[0][0] // m
-        if sample in batched:
-            continue
         patches = patches_of.gather(span, m, patches_buffer)
         if columns:
             span_out = padded_columns(span_out_buffer, c_out, span.hi - span.lo)
@@ -179,11 +177,9 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         responses_buffer = scratch('responses', min(RESPONSE_ROWS, max_rows) * m * c_out, x)
     # one sample per span (what column reads need), split evenly: the all-region scores pack
     # the sample's m filters once per GEMM, so a short leftover span would cost a whole packing
-    for span in spans(ends, max_rows, m):
+    for span in spans(ends, max_rows, m, skip=batched if scores_of != 'all' else ()):
         sample = span.segments[0][0] // m
         done = sample in batched  # by backward_blocks, all but the all-region scores
-        if done and scores_of != 'all':
-            continue
         n = span.hi - span.lo
         patches = patches_of.gather(span, m, patches_buffer)
         grad = grads_of.gather(span, m, grad_buffer)

@@ -7,7 +7,7 @@ multiplied by its own filter. :func:`spans` cuts the sorted rows into spans of o
 bounded size, one GEMM per group in each; :func:`balanced_blocks` lays a sample whose groups
 are balanced out as m blocks of equal length, for one batched GEMM.
 """
-from typing import Iterator, List, NamedTuple, Optional, Tuple
+from typing import AbstractSet, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -51,16 +51,20 @@ class Span(NamedTuple):
     segments: List[Tuple[int, int, int]]
 
 
-def spans(ends: List[int], max_rows: int, regions: Optional[int] = None) -> Iterator[Span]:
+def spans(ends: List[int], max_rows: int, regions: Optional[int] = None,
+          skip: AbstractSet[int] = frozenset()) -> Iterator[Span]:
     """Cut the sorted rows (group ends ``ends``) into spans of at most ``max_rows``.
 
     With ``regions`` (m), spans are also cut where a sample's rows end, so each holds one sample,
-    and a sample's rows are split into spans of equal length.
+    and a sample's rows are split into spans of equal length; the samples in ``skip`` get none.
     """
     total = ends[-1]
     stops = ends[regions - 1::regions] if regions else [total]
     g, start = 0, 0
-    for stop in stops:
+    for sample, stop in enumerate(stops):
+        if sample in skip:
+            start = stop
+            continue
         step = max_rows
         if regions:
             pieces = -(-(stop - start) // max_rows)

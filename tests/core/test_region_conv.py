@@ -220,6 +220,9 @@ def test_spans_cover_every_row_once():
     got = [(span.lo, span.hi, span.segments) for span in spans([3, 10, 12, 17], 4, 2)]
     assert got == [(0, 4, [(0, 0, 3), (1, 3, 4)]), (4, 8, [(1, 0, 4)]), (8, 10, [(1, 0, 2)]),
                    (10, 14, [(2, 0, 2), (3, 2, 4)]), (14, 17, [(3, 0, 3)])]
+    # samples skipped (done another way) get no span
+    got = [(span.lo, span.hi, span.segments) for span in spans([3, 10, 12, 17], 4, 2, {0})]
+    assert got == [(10, 14, [(2, 0, 2), (3, 2, 4)]), (14, 17, [(3, 0, 3)])]
 
 
 BAD = {
