@@ -11,7 +11,6 @@ contrast and colour casts, blur and sensor noise. Output (insightface's layout):
     python tools/face/make_demo_data.py data/face_demo --train-ids 300 --per-id 24
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import time
