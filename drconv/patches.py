@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .scratch import scratch
-from .sorted_rows import Blocks, Chunk, Span
+from .sorted_rows import Blocks, Span
 
 # Elements left after each row of a scratch matrix of columns: a row length that is a power of
 # two (the 1024 pixels of a 32x32 image) maps a GEMM's rows to the same cache sets.
@@ -106,14 +106,14 @@ def sorted_taps(index: Tensor, order: Tensor, rows_per_sample: int) -> Tensor:
 
 
 class Patches:
-    """Reads a (B, C, H, W) tensor at the taps of the sorted rows, a span or a :class:`Chunk`
-    of :class:`Blocks` at a time.
+    """Reads a (B, C, H, W) tensor at the taps of the sorted rows, a span or a sample's
+    :class:`Blocks` at a time.
 
     Two ways, same results. Rows: a channels-last copy (:func:`to_rows`; a view when the tensor
     is channels-last already) gathered row-wise, whole C vectors per tap; any kernel. Columns, for
     one tap per pixel (a 1x1 kernel without padding) on a contiguous NCHW tensor: the tensor itself
     gathered column-wise, one sample at a time, with no channels-last copy; the patches are then
-    a transposed view, and spans and chunks must hold one sample (:attr:`per_sample`).
+    a transposed view, and spans must hold one sample (:attr:`per_sample`).
 
     Args:
         t (Tensor[B, C, H, W]): the tensor read.
@@ -121,14 +121,11 @@ class Patches:
         order (Tensor[B * L]): flat pixel of each sorted row (:func:`sort_by_region`).
         zero_row (bool): whether ``index`` reads the zero row (the convolution pads).
         name (str): scratch buffer of the channels-last copy, if one is made.
-        columns (bool): whether columns may be read (False: rows, whatever the kernel).
     """
 
-    def __init__(self, t: Tensor, index: Tensor, order: Tensor, zero_row: bool, name: str,
-                 columns: bool = True):
+    def __init__(self, t: Tensor, index: Tensor, order: Tensor, zero_row: bool, name: str):
         b, c, h, w = t.shape
-        self.per_sample = (columns and index.shape[1] == 1 and not zero_row
-                           and t.is_contiguous())
+        self.per_sample = index.shape[1] == 1 and not zero_row and t.is_contiguous()
         self.rows_per_sample = h * w + int(zero_row)
         self.pixels_out = index.shape[0]  # L, sorted rows per sample
         if self.per_sample:  # the pixel of its sample read by each sorted row, (B * L)
@@ -155,33 +152,30 @@ class Patches:
             return padded[:, :pixels.numel()].t()
         return gather_patches(self.source, self.taps[span.lo:span.hi], buffer)
 
-    def block_taps(self, chunk: Chunk, blocks: Blocks) -> Tensor:
-        """What each row of the chunk's :class:`Blocks` reads: pixels of its sample (columns,
-        one sample per chunk), (padded_rows,), or flat input rows (padded_rows, kh * kw).
-        Padding rows read pixel 0 or the chunk's last input row (its zero row when the
-        convolution pads)."""
-        rows = slice(chunk.first * self.pixels_out, chunk.end * self.pixels_out)
-        slot = blocks.slot[rows]
+    def block_taps(self, sample: int, blocks: Blocks) -> Tensor:
+        """What each row of the sample's :class:`Blocks` reads: pixels of the sample (width,)
+        (columns) or flat input rows (width, kh * kw) (rows). Padding rows read pixel 0 or the
+        sample's last input row (its zero row when the convolution pads)."""
+        rows = slice(sample * self.pixels_out, (sample + 1) * self.pixels_out)
+        slot, width = blocks.slot[rows], blocks.widths[sample]
         if self.per_sample:
-            return self.pixels.new_zeros(chunk.padded_rows).index_copy_(0, slot, self.pixels[rows])
-        taps = self.taps.new_full((chunk.padded_rows, self.taps.shape[1]),
-                                  chunk.end * self.rows_per_sample - 1)
+            return self.pixels.new_zeros(width).index_copy_(0, slot, self.pixels[rows])
+        taps = self.taps.new_full((width, self.taps.shape[1]),
+                                  (sample + 1) * self.rows_per_sample - 1)
         return taps.index_copy_(0, slot, self.taps[rows])
 
-    def gather_blocks(self, chunk: Chunk, taps: Tensor, buffer: Tensor) -> Tensor:
-        """The chunk's patches as blocks, (samples * m, longest, kh * kw * C), read at ``taps``
-        (:meth:`block_taps`) into ``buffer`` (1-D, at least taps.numel() * C elements):
-        contiguous (rows) or a permuted view of (kh * kw * C, padded_rows) (columns)."""
+    def gather_blocks(self, sample: int, taps: Tensor, regions: int, buffer: Tensor) -> Tensor:
+        """The sample's patches as its :class:`Blocks`, (m, longest, kh * kw * C), read at
+        ``taps`` (:meth:`block_taps`) into ``buffer`` (1-D, at least taps.numel() * C
+        elements): contiguous (rows) or a permuted view of (kh * kw * C, width) (columns)."""
         c = self.source.shape[1]
         gathered = buffer[:taps.numel() * c]
         if self.per_sample:
-            if chunk.end - chunk.first != 1:
-                raise ValueError(f'Patches read column-wise take one sample per chunk, got {chunk}')
             columns = gathered.view(c, -1)
-            torch.index_select(self.source[chunk.first], 1, taps, out=columns)
-            return columns.view(c, -1, chunk.longest).permute(1, 2, 0)
+            torch.index_select(self.source[sample], 1, taps, out=columns)
+            return columns.view(c, regions, -1).permute(1, 2, 0)
         torch.index_select(self.source, 0, taps.view(-1), out=gathered.view(-1, c))
-        return gathered.view(-1, chunk.longest, taps.shape[1] * c)
+        return gathered.view(regions, -1, taps.shape[1] * c)
 
 
 def padded_columns(buffer: Tensor, rows: int, columns: int) -> Tensor:

@@ -45,11 +45,7 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     b, m, c_out, k = filters.shape
     flat_filters = filters.view(b * m, c_out, k)
     order, ends = sort_by_region(region, m)
-    blocks = balanced_blocks(order, ends, m, k)
-    # a chunk of several samples reads rows: one gather and one GEMM for all of them beat one
-    # of each per sample read column-wise (1x1 forward, measured in one process: 0.75-0.90x)
-    patches_of = Patches(x, index, order, zero_row, 'input_rows',
-                         columns=blocks.single_samples)
+    patches_of = Patches(x, index, order, zero_row, 'input_rows')
     l = order.numel() // b
     columns = patches_of.per_sample  # NCHW in and out: each GEMM writes output columns
     if columns:
@@ -57,6 +53,7 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     else:  # the output itself when channels-last (from_rows gives a view), else a temporary
         out = (x.new_empty(b * l, c_out) if channels_last(x)
                else scratch('result_rows', b * l * c_out, x).view(-1, c_out))
+    blocks = balanced_blocks(order, ends, m, k)
     if blocks.samples:
         forward_blocks(patches_of, filters, blocks, out)
     batched = set(blocks.samples)
@@ -83,8 +80,8 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
 
 
 def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Tensor) -> None:
-    """The forward of the samples in ``blocks``: one ``bmm`` of each chunk's padded groups by
-    their filters, then the products' rows put in pixel order (columns: into rows, then into
+    """The forward of the samples in ``blocks``: one ``bmm`` of each sample's m padded groups
+    by its m filters, then the products' rows put in pixel order (columns: into rows, then into
     ``out`` with one transposing copy, twice as fast as one per sample).
 
     Args:
@@ -95,19 +92,18 @@ def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Te
     """
     b, m, c_out, k = filters.shape
     l = blocks.slot.numel() // b
-    most = max(chunk.padded_rows for chunk in blocks.chunks)
-    patches_buffer = scratch('patches', most * k, out)
-    products_buffer = scratch('span_out', most * c_out, out)
+    widest = max(blocks.widths[s] for s in blocks.samples)
+    patches_buffer = scratch('patches', widest * k, out)
+    products_buffer = scratch('span_out', widest * c_out, out)
     # rows in pixel order: ``out`` itself (rows), or a temporary (columns)
     rows_out = (scratch('result_rows', b * l * c_out, out).view(-1, c_out)
                 if patches_of.per_sample else out)
-    for chunk in blocks.chunks:
-        rows = slice(chunk.first * l, chunk.end * l)
-        patches = patches_of.gather_blocks(chunk, patches_of.block_taps(chunk, blocks),
+    for s in blocks.samples:
+        rows = slice(s * l, (s + 1) * l)
+        patches = patches_of.gather_blocks(s, patches_of.block_taps(s, blocks), m,
                                            patches_buffer)
-        products = products_buffer[:chunk.padded_rows * c_out].view(-1, chunk.longest, c_out)
-        torch.bmm(patches, filters[chunk.first:chunk.end].view(-1, c_out, k).transpose(1, 2),
-                  out=products)
+        products = products_buffer[:blocks.widths[s] * c_out].view(m, -1, c_out)
+        torch.bmm(patches, filters[s].transpose(1, 2), out=products)
         torch.index_select(products.view(-1, c_out), 0, blocks.pixel_slot[rows],
                            out=rows_out[rows])
     if patches_of.per_sample:
@@ -144,14 +140,9 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     flat_filters = filters.view(b * m, c_out, k)
     order, ends = sort_by_region(region, m)
     patches_of = Patches(x, index, order, zero_row, 'input_rows')
-    columns = patches_of.per_sample  # x read (and its gradient written) column-wise
-    # rows only: a 1x1 kernel read column-wise has small per-group GEMMs, and its all-region
-    # scores need the unpadded rows anyway (batched there, fwd+bwd took 28.3 vs 27.0 ms)
-    blocks = Blocks([], [], None, None) if columns else balanced_blocks(order, ends, m, k)
-    batched = set(blocks.samples)
     identity = torch.arange(index.shape[0], device=index.device)[:, None]
-    grads_of = Patches(grad_out, identity, order, False, 'grad_rows',
-                       columns=blocks.single_samples)
+    grads_of = Patches(grad_out, identity, order, False, 'grad_rows')
+    columns = patches_of.per_sample  # x read (and its gradient written) column-wise
     grad_x = None
     if need_input and columns:  # a 1x1 kernel reads each input pixel at most once
         grad_x = x.new_zeros(b, c_in, x.shape[2] * x.shape[3])
@@ -166,6 +157,12 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     if scores_of is not None:
         shape = (order.numel(), m) if scores_of == 'all' else (order.numel(),)
         scores = scratch('scores', order.numel() * (m if scores_of == 'all' else 1), x).view(shape)
+    # rows only: a 1x1 kernel read column-wise has small per-group GEMMs, and its all-region
+    # scores need the unpadded rows anyway (batched there, fwd+bwd took 28.3 vs 27.0 ms)
+    batched = set()
+    if not columns:
+        blocks = balanced_blocks(order, ends, m, k)
+        batched = set(blocks.samples)
     if batched:
         backward_blocks(patches_of, grads_of, filters, blocks, grad_x, grad_filters,
                         scores_of, scores)
@@ -269,7 +266,7 @@ def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blo
                     scores_of: Optional[str], scores: Optional[Tensor]) -> None:
     """The backward of the samples in ``blocks``, the :func:`forward_blocks` way, but for the
     all-region scores (left to the spans: padding rows would add to the largest GEMMs): per
-    chunk, one ``bmm`` each for the filter gradient and for the patches' gradient (the padding
+    sample, one ``bmm`` each for the filter gradient and for the patches' gradient (the padding
     rows' output gradient is zeroed, so they add nothing) and the selected region's scores.
 
     Args:
@@ -278,35 +275,34 @@ def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blo
         filters (Tensor[B, m, C_out, K]): per-sample region filters.
         blocks (Blocks): the samples done here.
         grad_x, grad_filters, scores: as :func:`backward` fills them (None: not asked), the
-            gradient of x as rows (B * P, C_in), the filters' as (B * m, C_out, K), zeroed, and
-            the ``'selected'`` scores in sorted-row order.
+            gradient of x as rows (B * P, C_in), the filters' as (B * m, C_out, K) and the
+            ``'selected'`` scores in sorted-row order.
     """
     m, c_out, k = filters.shape[1:]
     l = patches_of.pixels_out
-    most = max(chunk.padded_rows for chunk in blocks.chunks)
-    patches_buffer = scratch('patches', most * k, filters)
-    grad_buffer = scratch('span_out', most * c_out, filters)
-    grad_patches_buffer = scratch('grad_patches', most * k, filters)
+    widest = max(blocks.widths[s] for s in blocks.samples)
+    patches_buffer = scratch('patches', widest * k, filters)
+    grad_buffer = scratch('span_out', widest * c_out, filters)
+    grad_patches_buffer = scratch('grad_patches', widest * k, filters)
     if scores_of == 'selected':
-        block_scores = scratch('block_scores', most, filters)
-    for chunk in blocks.chunks:
-        rows, padded = slice(chunk.first * l, chunk.end * l), chunk.padded_rows
-        chunk_filters = filters[chunk.first:chunk.end].view(-1, c_out, k)
-        taps = patches_of.block_taps(chunk, blocks)
-        patches = patches_of.gather_blocks(chunk, taps, patches_buffer)
-        grad = grads_of.gather_blocks(chunk, grads_of.block_taps(chunk, blocks), grad_buffer)
-        valid = grad.new_zeros(padded).index_fill_(0, blocks.slot[rows], 1)
-        grad.mul_(valid.view(-1, chunk.longest, 1))  # padding rows: a zero gradient, adding nothing
+        block_scores = scratch('block_scores', widest, filters)
+    for s in blocks.samples:
+        rows, width = slice(s * l, (s + 1) * l), blocks.widths[s]
+        taps = patches_of.block_taps(s, blocks)
+        patches = patches_of.gather_blocks(s, taps, m, patches_buffer)
+        grad = grads_of.gather_blocks(s, grads_of.block_taps(s, blocks), m, grad_buffer)
+        valid = grad.new_zeros(width).index_fill_(0, blocks.slot[rows], 1)
+        grad.mul_(valid.view(m, -1, 1))  # padding rows get a zero gradient: they add nothing
         if grad_filters is not None:
-            grad_filters[chunk.first * m:chunk.end * m].baddbmm_(grad.transpose(1, 2), patches)
+            grad_filters[s * m:(s + 1) * m].baddbmm_(grad.transpose(1, 2), patches)
         if grad_x is not None or scores_of == 'selected':
-            grad_patches = grad_patches_buffer[:padded * k].view(-1, chunk.longest, k)
-            torch.bmm(grad, chunk_filters, out=grad_patches)
+            grad_patches = grad_patches_buffer[:width * k].view(m, -1, k)
+            torch.bmm(grad, filters[s], out=grad_patches)
         if grad_x is not None:
             grad_x.index_add_(0, taps.view(-1), grad_patches.view(-1, grad_x.shape[1]))
         if scores_of == 'selected':
-            padded_scores = block_scores[:padded]
-            torch.sum(grad_patches.mul_(patches).view(padded, k), 1, out=padded_scores)
+            padded_scores = block_scores[:width]
+            torch.sum(grad_patches.mul_(patches).view(width, k), 1, out=padded_scores)
             torch.index_select(padded_scores, 0, blocks.slot[rows], out=scores[rows])
 
 

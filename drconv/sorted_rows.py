@@ -5,8 +5,7 @@ Every output pixel of the batch is a row. Rows are sorted by group ``g = sample 
 (one stable sort for the whole batch), so each group owns one contiguous run of rows and is
 multiplied by its own filter. :func:`spans` cuts the sorted rows into spans of one sample and
 bounded size, one GEMM per group in each; :func:`balanced_blocks` lays a sample whose groups
-are balanced out as m blocks of equal length, for one batched GEMM (shared by consecutive such
-samples while the blocks stay small).
+are balanced out as m blocks of equal length, for one batched GEMM.
 """
 from typing import AbstractSet, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -18,8 +17,7 @@ from torch import Tensor
 # have at most BATCH_ELEMENTS elements; else one GEMM per group. m short GEMMs are m parallel
 # regions, and on a shared VM each can wait on a descheduled thread: measured in one process
 # over 90 s, the batched forward took 21.3 vs 22.5 ms (k=3) while the machine was quiet and
-# 23.2 vs 30.7 ms while it was not. Consecutive such samples share one batched GEMM (a
-# :class:`Chunk`), padded to their largest group, while that stays within both limits.
+# 23.2 vs 30.7 ms while it was not.
 BATCH_PADDING = 1.3
 BATCH_ELEMENTS = 1 << 21
 
@@ -86,68 +84,37 @@ def spans(ends: List[int], max_rows: int, regions: Optional[int] = None,
         start = stop
 
 
-class Chunk(NamedTuple):
-    """Samples ``first:end`` laid out as blocks of ``longest`` rows, m per sample (group j of
-    sample s in block ``(s - first) * m + j``), ``padded_rows`` rows in all."""
-
-    first: int
-    end: int
-    longest: int
-    padded_rows: int
-
-
 class Blocks(NamedTuple):
-    """Samples whose sorted rows are laid out as blocks of equal length, group j's rows first
-    in its block and padding after them, so that one batched GEMM per :class:`Chunk` multiplies
-    all their groups.
+    """Samples whose sorted rows are laid out as m blocks of equal length, group j's rows first
+    in block j and padding after them, so that one batched GEMM multiplies all their groups.
 
-    ``samples`` (List[int]): the samples laid out so; ``chunks`` (List[Chunk]): them, as runs of
-    consecutive samples; ``slot`` (Tensor[B * L]): the row of each sorted row in its chunk's
-    blocks; ``pixel_slot`` (Tensor[B * L]): the same for each output pixel ``b * L + p``.
+    ``samples`` (List[int]): the samples laid out so; ``widths`` (List[int], every sample):
+    m times its largest group; ``slot`` (Tensor[B * L]): the row of each sorted row in its
+    sample's blocks; ``pixel_slot`` (Tensor[B * L]): the same for each output pixel
+    ``b * L + p``.
     """
 
     samples: List[int]
-    chunks: List[Chunk]
+    widths: List[int]
     slot: Optional[Tensor]
     pixel_slot: Optional[Tensor]
-
-    @property
-    def single_samples(self) -> bool:
-        """Whether every chunk holds one sample (what reading columns needs)."""
-        return all(chunk.end - chunk.first == 1 for chunk in self.chunks)
 
 
 def balanced_blocks(order: Tensor, ends: List[int], regions: int, k: int) -> Blocks:
     """Lay out the samples whose groups are balanced enough (BATCH_PADDING, BATCH_ELEMENTS;
-    ``k`` patch elements per row) as :class:`Blocks`, consecutive ones in shared chunks."""
+    ``k`` patch elements per row) as :class:`Blocks`."""
     m = regions
     b = len(ends) // m
     l = order.numel() // b
     counts = torch.tensor(ends).diff(prepend=torch.zeros(1, dtype=torch.long)).view(b, m)
-    longest = counts.max(1).values.tolist()
-
-    def fits(samples: int, n: int) -> bool:
-        return m * n <= BATCH_PADDING * l and samples * m * n * k <= BATCH_ELEMENTS
-
-    chunks: List[Chunk] = []
-    for s, n in enumerate(longest):
-        last = chunks[-1] if chunks else None
-        if last is not None and last.end == s and fits(s + 1 - last.first, max(last.longest, n)):
-            n = max(last.longest, n)
-            chunks[-1] = Chunk(last.first, s + 1, n, (s + 1 - last.first) * m * n)
-        elif fits(1, n):
-            chunks.append(Chunk(s, s + 1, n, m * n))
-    if not chunks:
-        return Blocks([], [], None, None)
-    block = torch.tensor(longest)  # block length of each sample, and where its blocks start
-    start = torch.zeros(b, dtype=torch.long)
-    for chunk in chunks:
-        block[chunk.first:chunk.end] = chunk.longest
-        start[chunk.first:chunk.end] = torch.arange(chunk.end - chunk.first) * m * chunk.longest
-    shift = start[:, None] + torch.arange(m) * block[:, None] - (counts.cumsum(1) - counts)
+    longest = counts.max(1).values
+    widths = (longest * m).tolist()
+    samples = [s for s, width in enumerate(widths)
+               if width <= BATCH_PADDING * l and width * k <= BATCH_ELEMENTS]
+    if not samples:
+        return Blocks(samples, widths, None, None)
+    shift = torch.arange(m) * longest[:, None] - (counts.cumsum(1) - counts)  # (B, m)
     slot = torch.arange(l).repeat(b) + shift.view(-1).repeat_interleave(
         counts.view(-1), output_size=b * l)
     slot = slot.to(order.device)
-    samples = [s for chunk in chunks for s in range(chunk.first, chunk.end)]
-    return Blocks(samples, chunks, slot,
-                  torch.empty_like(order).index_copy_(0, order, slot))
+    return Blocks(samples, widths, slot, torch.empty_like(order).index_copy_(0, order, slot))

@@ -181,27 +181,6 @@ def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padd
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=name)
 
 
-def test_balanced_samples_share_chunks(monkeypatch):
-    """Consecutive balanced samples share one batched GEMM, padded to their largest group,
-    while the padded blocks stay within BATCH_PADDING and BATCH_ELEMENTS."""
-    from drconv import sorted_rows
-    from drconv.sorted_rows import Chunk
-    # 4 samples of 8 pixels, m = 2; groups of 4 + 4, 5 + 3, 8 + 0 and 4 + 4 pixels
-    region = torch.tensor([[0] * 4 + [1] * 4, [0] * 5 + [1] * 3, [0] * 8, [1] * 4 + [0] * 4])
-    order, ends = sorted_rows.sort_by_region(region, 2)
-    blocks = sorted_rows.balanced_blocks(order, ends, 2, 1)
-    # sample 2 would pad its 8 rows to 16 (> 1.3 x 8); samples 0 and 1 share blocks of 5 rows
-    assert blocks.chunks == [Chunk(0, 2, 5, 20), Chunk(3, 4, 4, 8)]
-    assert blocks.samples == [0, 1, 3]
-    assert blocks.slot[:16].tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17]
-    assert blocks.pixel_slot[24:].tolist() == [4, 5, 6, 7, 0, 1, 2, 3]
-    assert not blocks.single_samples
-    monkeypatch.setattr(sorted_rows, 'BATCH_ELEMENTS', 12)  # 12 padded rows of 1 element
-    blocks = sorted_rows.balanced_blocks(order, ends, 2, 1)
-    assert blocks.chunks == [Chunk(0, 1, 4, 8), Chunk(1, 2, 5, 10), Chunk(3, 4, 4, 8)]
-    assert blocks.single_samples
-
-
 @pytest.mark.parametrize('k', [3, 1])
 def test_bfloat16_under_cpu_autocast(k):
     x, weight, guide = make_inputs(2, 4, 4, (8, 8), k, 1, k // 2, 1, 3, dtype=torch.float32)
