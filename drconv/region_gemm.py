@@ -180,18 +180,18 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     for span in spans(ends, max_rows, m, skip=batched if scores_of != 'all' else ()):
         sample = span.segments[0][0] // m
         done = sample in batched  # by backward_blocks, all but the all-region scores
-        n = span.hi - span.lo
+        count = span.hi - span.lo
         patches = patches_of.gather(span, m, patches_buffer)
         grad = grads_of.gather(span, m, grad_buffer)
-        grad_patches = (patch_grads(grad_patches_buffer, columns, n, k)
+        grad_patches = (patch_grads(grad_patches_buffer, columns, count, k)
                         if not done and grad_x is not None else None)
         # with K <= C_out the scores come from every region's patch gradient, which gives the
         # selected one's for free (1x1 fwd+bwd: 0 vs 64 GEMMs of one group each)
         via_patch_grads = scores_of == 'all' and k <= c_out and not done
         if scores_of == 'all':
             step = responses_buffer.numel() // (m * c_out)
-            for a in range(0, n, step):
-                z = min(a + step, n)
+            for a in range(0, count, step):
+                z = min(a + step, count)
                 if via_patch_grads:
                     segments = [(g % m, max(lo, a) - a, min(hi, z) - a)
                                 for g, lo, hi in span.segments if lo < z and hi > a]
