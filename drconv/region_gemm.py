@@ -124,9 +124,10 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         grad_out (Tensor[B, C_out, H_out, W_out]): gradient of the output.
         x, filters, region, index, zero_row: as in :func:`forward`.
         need_input, need_filters (bool): whether to compute those gradients.
-        scores_of (str or None): None, ``'all'`` (every region's score: one dense GEMM against
-            the sample's m filters per span, m convolutions' worth of work) or ``'selected'``
-            (the selected region's score only, almost free).
+        scores_of (str or None): None, ``'all'`` (every region's score, m convolutions' worth
+            of work: per span, one dense GEMM against the sample's m filters, or with
+            K <= C_out one ``bmm`` of every region's patch gradient) or ``'selected'`` (the
+            selected region's score only, almost free).
 
     Returns:
         (grad_x, grad_filters, scores): Tensor[B, C_in, H, W] in the memory format of x,
@@ -275,8 +276,8 @@ def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blo
         filters (Tensor[B, m, C_out, K]): per-sample region filters.
         blocks (Blocks): the samples done here.
         grad_x, grad_filters, scores: as :func:`backward` fills them (None: not asked), the
-            gradient of x as rows (B * P, C_in), the filters' as (B * m, C_out, K) and the
-            ``'selected'`` scores in sorted-row order.
+            gradient of x as rows (B * P, C_in), the filters' as (B * m, C_out, K), zeroed
+            (the products are added to it), and the ``'selected'`` scores in sorted-row order.
     """
     m, c_out, k = filters.shape[1:]
     l = patches_of.pixels_out

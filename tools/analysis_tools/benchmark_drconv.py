@@ -25,10 +25,10 @@ once above what was allocated before it started (the inputs and the output gradi
 and gradients included, and the op's scratch buffers (kept between calls: released before the
 run, so they are allocated and counted in it). On CPU it is the running sum of the allocator's
 allocation and free events recorded by torch.profiler (``profile_memory=True``) during one
-forward + backward; on
-CUDA ``max_memory_allocated`` minus ``memory_allocated`` before. Reported also without the
-weight's own gradient (DRConv's per-sample filters, B*m*C_out*C_in*kh*kw values, need a
-gradient of their size whatever the op; conv's static filter's gradient is left out likewise).
+forward + backward; on CUDA ``max_memory_allocated`` minus ``memory_allocated`` before.
+Reported also without the weight's own gradient (DRConv's per-sample filters,
+B*m*C_out*C_in*kh*kw values, need a gradient of their size whatever the op; conv's static
+filter's gradient is left out likewise).
 
 ``--e2e-config`` times whole training steps (data preprocessor, forward, losses, backward, SGD
 step; ``model.train_step``) of a config's model and of its baseline (``--e2e-base-config``, by
