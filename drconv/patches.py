@@ -152,30 +152,43 @@ class Patches:
             return padded[:, :pixels.numel()].t()
         return gather_patches(self.source, self.taps[span.lo:span.hi], buffer)
 
-    def block_taps(self, sample: int, blocks: Blocks) -> Tensor:
-        """What each row of the sample's :class:`Blocks` reads: pixels of the sample (width,)
-        (columns) or flat input rows (width, kh * kw) (rows). Padding rows read pixel 0 or the
-        sample's last input row (its zero row when the convolution pads)."""
-        rows = slice(sample * self.pixels_out, (sample + 1) * self.pixels_out)
-        slot, width = blocks.slot[rows], blocks.widths[sample]
+    def block_taps(self, samples: range, blocks: Blocks, width: int) -> Tensor:
+        """What each row of the samples' :class:`Blocks` reads, each sample's blocks padded to
+        ``width`` rows: pixels of the sample (n, width) (columns) or flat input rows
+        (n, width, kh * kw) (rows). Padding rows read pixel 0 or the sample's last input row
+        (its zero row when the convolution pads)."""
+        l, n = self.pixels_out, len(samples)
+        rows = slice(samples.start * l, samples.stop * l)
+        slot = (blocks.slot[rows].view(n, l)
+                + torch.arange(0, n * width, width, device=blocks.slot.device)[:, None]).view(-1)
         if self.per_sample:
-            return self.pixels.new_zeros(width).index_copy_(0, slot, self.pixels[rows])
-        taps = self.taps.new_full((width, self.taps.shape[1]),
-                                  (sample + 1) * self.rows_per_sample - 1)
-        return taps.index_copy_(0, slot, self.taps[rows])
+            taps = self.pixels.new_zeros(n * width)
+            return taps.index_copy_(0, slot, self.pixels[rows]).view(n, width)
+        last_row = torch.arange(samples.start + 1, samples.stop + 1, device=self.taps.device)
+        taps = self.taps.new_empty(n, width, self.taps.shape[1])
+        taps.copy_((last_row * self.rows_per_sample - 1)[:, None, None])
+        return taps.view(n * width, -1).index_copy_(0, slot, self.taps[rows]).view_as(taps)
 
-    def gather_blocks(self, sample: int, taps: Tensor, regions: int, buffer: Tensor) -> Tensor:
-        """The sample's patches as its :class:`Blocks`, (m, longest, kh * kw * C), read at
+    def gather_blocks(self, samples: range, taps: Tensor, buffer: Tensor) -> Tensor:
+        """The samples' patches as their :class:`Blocks`, (n, width, kh * kw * C), read at
         ``taps`` (:meth:`block_taps`) into ``buffer`` (1-D, at least taps.numel() * C
-        elements): contiguous (rows) or a permuted view of (kh * kw * C, width) (columns)."""
+        elements): contiguous (rows) or a transposed view of (n, kh * kw * C, width) (columns).
+        Sample i's m blocks are ``blocks_of(patches[i], widths[s], m)``."""
         c = self.source.shape[1]
         gathered = buffer[:taps.numel() * c]
         if self.per_sample:
-            columns = gathered.view(c, -1)
-            torch.index_select(self.source[sample], 1, taps, out=columns)
-            return columns.view(c, regions, -1).permute(1, 2, 0)
+            n, width = taps.shape
+            columns = gathered.view(n, c, width)
+            torch.gather(self.source[samples.start:samples.stop], 2,
+                         taps[:, None, :].expand(n, c, width), out=columns)
+            return columns.transpose(1, 2)
         torch.index_select(self.source, 0, taps.view(-1), out=gathered.view(-1, c))
-        return gathered.view(regions, -1, taps.shape[1] * c)
+        return gathered.view(taps.shape[0], taps.shape[1], -1)
+
+
+def blocks_of(rows: Tensor, width: int, regions: int) -> Tensor:
+    """A sample's first ``width`` rows (rows, K) as its m blocks, (m, width / m, K)."""
+    return rows[:width].view(regions, -1, rows.shape[1])
 
 
 def padded_columns(buffer: Tensor, rows: int, columns: int) -> Tensor:

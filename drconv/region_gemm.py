@@ -16,10 +16,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .patches import (COLUMN_PAD, Patches, channels_last, from_rows, padded_columns,
-                      put_columns)
+from .patches import (COLUMN_PAD, Patches, blocks_of, channels_last, from_rows,
+                      padded_columns, put_columns)
 from .scratch import scratch
-from .sorted_rows import Blocks, Span, balanced_blocks, sort_by_region, spans
+from .sorted_rows import Blocks, Span, balanced_blocks, runs, sort_by_region, spans
 
 # Elements of gathered patches one span may hold (bounds the rows of a span).
 PIECE_ELEMENTS = 1 << 20
@@ -80,9 +80,10 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
 
 
 def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Tensor) -> None:
-    """The forward of the samples in ``blocks``: one ``bmm`` of each sample's m padded groups
-    by its m filters, then the products' rows put in pixel order (columns: into rows, then into
-    ``out`` with one transposing copy, twice as fast as one per sample).
+    """The forward of the samples in ``blocks``, in runs of consecutive samples (:func:`runs`):
+    one gather of the run's patches, one ``bmm`` per sample of its m padded groups by its m
+    filters, and one ``index_select`` putting the run's products in pixel order (columns: into
+    rows, then into ``out`` with one transposing copy, twice as fast as one per sample).
 
     Args:
         patches_of (Patches): x at the sorted rows' taps.
@@ -91,21 +92,22 @@ def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Te
         out (Tensor): the output, (B, C_out, L) (columns) or rows (B * L, C_out).
     """
     b, m, c_out, k = filters.shape
-    l = blocks.slot.numel() // b
-    widest = max(blocks.widths[s] for s in blocks.samples)
-    patches_buffer = scratch('patches', widest * k, out)
-    products_buffer = scratch('span_out', widest * c_out, out)
+    l = patches_of.pixels_out
     # rows in pixel order: ``out`` itself (rows), or a temporary (columns)
     rows_out = (scratch('result_rows', b * l * c_out, out).view(-1, c_out)
                 if patches_of.per_sample else out)
-    for s in blocks.samples:
-        rows = slice(s * l, (s + 1) * l)
-        patches = patches_of.gather_blocks(s, patches_of.block_taps(s, blocks), m,
-                                           patches_buffer)
-        products = products_buffer[:blocks.widths[s] * c_out].view(m, -1, c_out)
-        torch.bmm(patches, filters[s].transpose(1, 2), out=products)
-        torch.index_select(products.view(-1, c_out), 0, blocks.pixel_slot[rows],
-                           out=rows_out[rows])
+    for samples, width in runs(blocks, max(k, c_out)):
+        n = len(samples)
+        taps = patches_of.block_taps(samples, blocks, width)
+        patches = patches_of.gather_blocks(samples, taps, scratch('patches', n * width * k, out))
+        products = scratch('span_out', n * width * c_out, out).view(n, width, c_out)
+        for i, s in enumerate(samples):
+            torch.bmm(blocks_of(patches[i], blocks.widths[s], m), filters[s].transpose(1, 2),
+                      out=blocks_of(products[i], blocks.widths[s], m))
+        rows = slice(samples.start * l, samples.stop * l)
+        slot = (blocks.pixel_slot[rows].view(n, l)
+                + torch.arange(0, n * width, width, device=out.device)[:, None])
+        torch.index_select(products.view(-1, c_out), 0, slot.view(-1), out=rows_out[rows])
     if patches_of.per_sample:
         rows_out = rows_out.view(b, l, c_out)
         if len(blocks.samples) == b:
@@ -288,10 +290,11 @@ def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blo
     if scores_of == 'selected':
         block_scores = scratch('block_scores', widest, filters)
     for s in blocks.samples:
-        rows, width = slice(s * l, (s + 1) * l), blocks.widths[s]
-        taps = patches_of.block_taps(s, blocks)
-        patches = patches_of.gather_blocks(s, taps, m, patches_buffer)
-        grad = grads_of.gather_blocks(s, grads_of.block_taps(s, blocks), m, grad_buffer)
+        sample, rows, width = range(s, s + 1), slice(s * l, (s + 1) * l), blocks.widths[s]
+        taps = patches_of.block_taps(sample, blocks, width)
+        patches = blocks_of(patches_of.gather_blocks(sample, taps, patches_buffer)[0], width, m)
+        grad = blocks_of(grads_of.gather_blocks(
+            sample, grads_of.block_taps(sample, blocks, width), grad_buffer)[0], width, m)
         valid = grad.new_zeros(width).index_fill_(0, blocks.slot[rows], 1)
         grad.mul_(valid.view(m, -1, 1))  # padding rows get a zero gradient: they add nothing
         if grad_filters is not None:

@@ -5,7 +5,10 @@ Every output pixel of the batch is a row. Rows are sorted by group ``g = sample 
 (one stable sort for the whole batch), so each group owns one contiguous run of rows and is
 multiplied by its own filter. :func:`spans` cuts the sorted rows into spans of one sample and
 bounded size, one GEMM per group in each; :func:`balanced_blocks` lays a sample whose groups
-are balanced out as m blocks of equal length, for one batched GEMM.
+are balanced out as m blocks of equal length, for one batched GEMM, and :func:`runs` groups
+consecutive such samples so that the forward gathers and puts back their rows in one operation
+each (each large operation is a parallel region, and on a shared VM each can wait for a
+descheduled thread).
 """
 from typing import AbstractSet, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -118,3 +121,20 @@ def balanced_blocks(order: Tensor, ends: List[int], regions: int, k: int) -> Blo
         counts.view(-1), output_size=b * l)
     slot = slot.to(order.device)
     return Blocks(samples, widths, slot, torch.empty_like(order).index_copy_(0, order, slot))
+
+
+def runs(blocks: Blocks, row_elements: int) -> Iterator[Tuple[range, int]]:
+    """Cut the samples of ``blocks`` into runs of consecutive samples done together, each
+    sample's blocks padded to the run's widest, with at most BATCH_ELEMENTS elements in a run
+    (``row_elements`` per row). Yields ``(samples, width)``."""
+    run: List[int] = []
+    width = 0
+    for s in blocks.samples:
+        wider = max(width, blocks.widths[s])
+        if run and (s != run[-1] + 1 or (len(run) + 1) * wider * row_elements > BATCH_ELEMENTS):
+            yield range(run[0], run[-1] + 1), width
+            run, wider = [], blocks.widths[s]
+        run.append(s)
+        width = wider
+    if run:
+        yield range(run[0], run[-1] + 1), width

@@ -181,6 +181,56 @@ def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padd
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize('k,layout', [(1, 'nchw'), (1, 'nhwc'), (3, 'nchw')])
+@pytest.mark.parametrize('batch_elements', [1 << 21, 600, 1])
+def test_consecutive_batched_samples_share_a_run(monkeypatch, k, layout, batch_elements):
+    """Consecutive balanced samples are gathered and put back together (their blocks padded to
+    the run's widest), an unbalanced sample between them splits the run, and so does the
+    element bound; results are unchanged."""
+    from drconv import region_gemm, sorted_rows
+    x, weight, guide = make_inputs(5, 3, 4, (8, 8), k, 1, k // 2, 1, 4, seed=8)
+    if layout == 'nhwc':
+        x = x.contiguous(memory_format=torch.channels_last)
+    pixel = torch.arange(64).view(8, 8)
+    # sample 1 one region, the others balanced, sample 3 less so (18, 15, 15, 16 pixels)
+    regions = (pixel % 4, pixel * 0, pixel // 16, pixel % 4, (pixel // 2) % 4)
+    regions[3].view(-1)[1:3] = 0
+    guide.copy_(F.one_hot(torch.stack(regions), 4).permute(0, 3, 1, 2))
+    grad_out = torch.randn(5, 4, 8, 8, dtype=torch.float64)
+    done = []
+    runs = region_gemm.runs
+
+    def spy(*args):
+        done.extend(samples for samples, _ in runs(*args))
+        return runs(*args)
+
+    monkeypatch.setattr(region_gemm, 'runs', spy)
+    monkeypatch.setattr(sorted_rows, 'BATCH_ELEMENTS', batch_elements)
+    got = grads(region_conv, (x, weight, guide), grad_out, padding=k // 2)
+    if batch_elements == 1 << 21:
+        assert done[0] == range(0, 1) and done[1] == range(2, 5)
+    elif batch_elements == 600 and k == 1:  # 2 samples of 4 x 18 rows of 4 elements fit
+        assert done[:3] == [range(0, 1), range(2, 4), range(4, 5)]
+    else:  # no sample fits: every group its own GEMM
+        assert done == []
+    monkeypatch.setattr(sorted_rows, 'BATCH_PADDING', 0.0)  # every group its own GEMM
+    want = grads(region_conv, (x, weight, guide), grad_out, padding=k // 2)
+    for name, a, e in zip(('output', 'd/dx', 'd/dweight', 'd/dguide'), got, want):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_runs_are_consecutive_samples_within_the_bound(monkeypatch):
+    from drconv import sorted_rows
+    from drconv.sorted_rows import Blocks, runs
+    blocks = Blocks([0, 1, 3, 4, 5], [10, 12, 99, 8, 10, 10], None, None)
+    monkeypatch.setattr(sorted_rows, 'BATCH_ELEMENTS', 30)
+    assert list(runs(blocks, 1)) == [(range(0, 2), 12), (range(3, 6), 10)]
+    monkeypatch.setattr(sorted_rows, 'BATCH_ELEMENTS', 25)
+    assert list(runs(blocks, 1)) == [(range(0, 2), 12), (range(3, 5), 10), (range(5, 6), 10)]
+    assert list(runs(blocks, 3)) == [(range(0, 1), 10), (range(1, 2), 12), (range(3, 4), 8),
+                                     (range(4, 5), 10), (range(5, 6), 10)]
+
+
 @pytest.mark.parametrize('k', [3, 1])
 def test_bfloat16_under_cpu_autocast(k):
     x, weight, guide = make_inputs(2, 4, 4, (8, 8), k, 1, k // 2, 1, 3, dtype=torch.float32)
