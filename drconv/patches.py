@@ -13,6 +13,7 @@ Layouts used here (``L = H_out * W_out``, ``P = H * W`` plus 1 if padded, ``K = 
 from typing import NamedTuple, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .scratch import scratch
@@ -37,18 +38,14 @@ def patch_index(input_size: Tuple[int, int], output_size: Tuple[int, int], geo: 
     """Input row read by each output pixel's taps: (L, kh * kw), int64.
 
     Taps that fall in the zero padding read row ``H * W``, the zero row of :func:`to_rows`
-    (there are none without padding).
+    (there are none without padding): the windows of the padded grid of row numbers.
     """
     (h, w), (kh, kw) = input_size, geo.kernel
     (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
-    ih = (torch.arange(output_size[0], device=device)[:, None] * sh - ph
-          + torch.arange(kh, device=device)[None, :] * dh)  # (H_out, kh)
-    iw = (torch.arange(output_size[1], device=device)[:, None] * sw - pw
-          + torch.arange(kw, device=device)[None, :] * dw)  # (W_out, kw)
-    inside = (((ih >= 0) & (ih < h))[:, None, :, None]
-              & ((iw >= 0) & (iw < w))[None, :, None, :])
-    index = torch.where(inside, ih[:, None, :, None] * w + iw[None, :, None, :], h * w)
-    return index.reshape(-1, kh * kw)
+    grid = F.pad(torch.arange(h * w, device=device).view(1, h, w), (pw, pw, ph, ph),
+                 value=h * w)[0]
+    windows = grid.unfold(0, (kh - 1) * dh + 1, sh).unfold(1, (kw - 1) * dw + 1, sw)
+    return windows[..., ::dh, ::dw].reshape(-1, kh * kw)
 
 
 def to_rows(x: Tensor, zero_row: bool, name: str) -> Tensor:

@@ -9,6 +9,7 @@ from torch.autograd.function import once_differentiable
 
 from . import region_gemm, triton_forward
 from .patches import Geometry, from_rows, patch_index
+from .sorted_rows import row_layout
 from ._utils import IntPair, conv_output_size, pair
 
 
@@ -105,12 +106,14 @@ class RegionConvFunction(torch.autograd.Function):
         filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1).contiguous()
         region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
         index = patch_index((h, w), out_size, geo, x.device)
+        ctx.layout = None  # the sorted rows, kept for the backward when the forward made them
         if triton_forward.is_available(x):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
             out = from_rows(rows, out_size, x)
         else:
-            out = region_gemm.forward(x, filters, region, index, any(geo.padding), out_size)
+            ctx.layout = row_layout(region, m, filters.shape[-1])
+            out = region_gemm.forward(x, filters, ctx.layout, index, any(geo.padding), out_size)
         ctx.save_for_backward(x, filters, guide, region, index)
         ctx.geo = geo
         ctx.guide_grad = guide_grad
@@ -126,8 +129,9 @@ class RegionConvFunction(torch.autograd.Function):
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         zero_row = any(ctx.geo.padding)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
+        layout = ctx.layout or row_layout(region, m, filters.shape[-1])
         grad_x, grad_filters, scores = region_gemm.backward(
-            grad_out, x, filters, region, index, zero_row, need_x, need_w, scores_of)
+            grad_out, x, filters, layout, index, zero_row, need_x, need_w, scores_of)
         grad_w = grad_g = None
         if need_w:
             grad_w = grad_filters.view(b, m, c_out, *ctx.kernel, c_in).permute(0, 1, 2, 5, 3, 4)
@@ -137,7 +141,8 @@ class RegionConvFunction(torch.autograd.Function):
             others = guide.scatter(1, region.view(b, 1, *guide.shape[2:]), float('-inf'))
             second = others.max(dim=1).indices.view(b, -1)
             _, _, second_scores = region_gemm.backward(
-                grad_out, x, filters, second, index, zero_row, False, False, 'selected')
+                grad_out, x, filters, row_layout(second, m, filters.shape[-1]), index, zero_row,
+                False, False, 'selected')
             grad_g = top2_guide_gradient(guide, region, second, scores, second_scores)
         return grad_x, grad_w, grad_g, None, None
 

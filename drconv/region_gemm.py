@@ -19,7 +19,7 @@ from torch import Tensor
 from .patches import (COLUMN_PAD, Patches, blocks_of, channels_last, from_rows,
                       padded_columns, put_columns)
 from .scratch import scratch
-from .sorted_rows import Blocks, Span, balanced_blocks, runs, sort_by_region, spans
+from .sorted_rows import Blocks, RowLayout, Span, runs, spans
 
 # Elements of gathered patches one span may hold (bounds the rows of a span).
 PIECE_ELEMENTS = 1 << 20
@@ -27,14 +27,14 @@ PIECE_ELEMENTS = 1 << 20
 RESPONSE_ROWS = 512
 
 
-def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row: bool,
+def forward(x: Tensor, filters: Tensor, layout: RowLayout, index: Tensor, zero_row: bool,
             out_size: Tuple[int, int]) -> Tensor:
     """Selected-filter convolution.
 
     Args:
         x (Tensor[B, C_in, H, W]): input.
         filters (Tensor[B, m, C_out, K]): per-sample region filters.
-        region (Tensor[B, L]): region of each output pixel.
+        layout (RowLayout): the output pixels sorted by region (:func:`row_layout`).
         index (Tensor[L, kh * kw]): patch index.
         zero_row (bool): whether the convolution pads (``index`` reads the zero row).
         out_size (Tuple[int, int]): (H_out, W_out).
@@ -44,7 +44,7 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     """
     b, m, c_out, k = filters.shape
     flat_filters = filters.view(b * m, c_out, k)
-    order, ends = sort_by_region(region, m)
+    (order, ends), blocks = layout
     patches_of = Patches(x, index, order, zero_row, 'input_rows')
     l = order.numel() // b
     columns = patches_of.per_sample  # NCHW in and out: each GEMM writes output columns
@@ -53,7 +53,6 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, index: Tensor, zero_row:
     else:  # the output itself when channels-last (from_rows gives a view), else a temporary
         out = (x.new_empty(b * l, c_out) if channels_last(x)
                else scratch('result_rows', b * l * c_out, x).view(-1, c_out))
-    blocks = balanced_blocks(order, ends, m, k)
     if blocks.samples:
         forward_blocks(patches_of, filters, blocks, out)
     batched = set(blocks.samples)
@@ -117,14 +116,14 @@ def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Te
                 out[s].copy_(rows_out[s].t())
 
 
-def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index: Tensor,
+def backward(grad_out: Tensor, x: Tensor, filters: Tensor, layout: RowLayout, index: Tensor,
              zero_row: bool, need_input: bool, need_filters: bool, scores_of: Optional[str]
              ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients of :func:`forward`, on the same sorted spans.
 
     Args:
         grad_out (Tensor[B, C_out, H_out, W_out]): gradient of the output.
-        x, filters, region, index, zero_row: as in :func:`forward`.
+        x, filters, layout, index, zero_row: as in :func:`forward`.
         need_input, need_filters (bool): whether to compute those gradients.
         scores_of (str or None): None, ``'all'`` (every region's score, m convolutions' worth
             of work: per span, one dense GEMM against the sample's m filters, or with
@@ -141,7 +140,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
     b, m, c_out, k = filters.shape
     c_in = x.shape[1]
     flat_filters = filters.view(b * m, c_out, k)
-    order, ends = sort_by_region(region, m)
+    (order, ends), blocks = layout
     patches_of = Patches(x, index, order, zero_row, 'input_rows')
     identity = torch.arange(index.shape[0], device=index.device)[:, None]
     grads_of = Patches(grad_out, identity, order, False, 'grad_rows')
@@ -162,10 +161,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, index
         scores = scratch('scores', order.numel() * (m if scores_of == 'all' else 1), x).view(shape)
     # rows only: a 1x1 kernel read column-wise has small per-group GEMMs, and its all-region
     # scores need the unpadded rows anyway (batched there, fwd+bwd took 28.3 vs 27.0 ms)
-    batched = set()
-    if not columns:
-        blocks = balanced_blocks(order, ends, m, k)
-        batched = set(blocks.samples)
+    batched = set() if columns else set(blocks.samples)
     if batched:
         backward_blocks(patches_of, grads_of, filters, blocks, grad_x, grad_filters,
                         scores_of, scores)

@@ -146,15 +146,17 @@ def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padd
     regions included."""
     from drconv import region_gemm, sorted_rows
     monkeypatch.setattr(sorted_rows, 'BATCH_PADDING', batch_padding)
-    done = []
-    balanced_blocks = region_gemm.balanced_blocks
+    done = {'forward': [], 'backward': []}
+    forward_blocks, backward_blocks = region_gemm.forward_blocks, region_gemm.backward_blocks
 
-    def spy(*args):
-        blocks = balanced_blocks(*args)
-        done.append(blocks.samples)
-        return blocks
+    def spy(name, fn):
+        def spied(*args):
+            done[name].append(args[2].samples if name == 'forward' else args[3].samples)
+            return fn(*args)
+        return spied
 
-    monkeypatch.setattr(region_gemm, 'balanced_blocks', spy)
+    monkeypatch.setattr(region_gemm, 'forward_blocks', spy('forward', forward_blocks))
+    monkeypatch.setattr(region_gemm, 'backward_blocks', spy('backward', backward_blocks))
     x, weight, guide = make_inputs(3, 4, 5, (16, 16), k, stride, k // 2, 1, 4, seed=6)
     if layout == 'nhwc':
         x = x.contiguous(memory_format=torch.channels_last)
@@ -168,10 +170,11 @@ def test_balanced_samples_are_batched(monkeypatch, k, stride, layout, batch_padd
     if layout == 'nhwc':
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
     got = grads(region_conv, (x, weight, guide), grad_out, guide_grad=guide_grad, **kw)
+    assert done['forward'] == ([batched] if batched else [])
     if (k, layout) == (1, 'nchw'):  # a 1x1 kernel read column-wise batches its forward only
-        assert done == [batched]
-    else:  # forward, then backward ('top2': and by second regions)
-        assert done[:2] == [batched, batched]
+        assert done['backward'] == []
+    elif batched:  # the forward's blocks ('top2': then blocks of the second regions)
+        assert done['backward'][0] == batched
     monkeypatch.setattr(sorted_rows, 'BATCH_PADDING', 0.0)  # every group its own GEMM
     wants = [grads(region_conv, (x, weight, guide), grad_out, guide_grad=guide_grad, **kw)]
     if guide_grad == 'exact':
