@@ -123,7 +123,6 @@ def balanced_blocks(order: Tensor, ends: List[int], regions: int, k: int) -> Blo
     return Blocks(samples, widths, slot, torch.empty_like(order).index_copy_(0, order, slot))
 
 
-
 class RowLayout(NamedTuple):
     """A batch's output pixels as the GEMMs take them: ``rows`` (:class:`SortedRows`) and
     ``blocks`` (:class:`Blocks`), computed once per forward and kept for the backward."""
@@ -137,6 +136,7 @@ def row_layout(region: Tensor, num_regions: int, k: int) -> RowLayout:
     ``k`` patch elements per row."""
     rows = sort_by_region(region, num_regions)
     return RowLayout(rows, balanced_blocks(rows.order, rows.ends, num_regions, k))
+
 
 def runs(blocks: Blocks, row_elements: int) -> Iterator[Tuple[range, int]]:
     """Cut the samples of ``blocks`` into runs of consecutive samples done together, each
