@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .scratch import scratch
-from .sorted_rows import Blocks, Span
+from .sorted_rows import Blocks, Span, in_run
 
 # Elements left after each row of a scratch matrix of columns: a row length that is a power of
 # two (the 1024 pixels of a 32x32 image) maps a GEMM's rows to the same cache sets.
@@ -156,8 +156,7 @@ class Patches:
         (its zero row when the convolution pads)."""
         l, n = self.pixels_out, len(samples)
         rows = slice(samples.start * l, samples.stop * l)
-        slot = (blocks.slot[rows].view(n, l)
-                + torch.arange(0, n * width, width, device=blocks.slot.device)[:, None]).view(-1)
+        slot = in_run(blocks.slot[rows], n, width)
         if self.per_sample:
             taps = self.pixels.new_zeros(n * width)
             return taps.index_copy_(0, slot, self.pixels[rows]).view(n, width)
@@ -171,16 +170,14 @@ class Patches:
         ``taps`` (:meth:`block_taps`) into ``buffer`` (1-D, at least taps.numel() * C
         elements): contiguous (rows) or a transposed view of (n, kh * kw * C, width) (columns).
         Sample i's m blocks are ``blocks_of(patches[i], widths[s], m)``."""
-        c = self.source.shape[1]
-        gathered = buffer[:taps.numel() * c]
         if self.per_sample:
             n, width = taps.shape
-            columns = gathered.view(n, c, width)
+            columns = buffer[:taps.numel() * self.source.shape[1]].view(n, -1, width)
             torch.gather(self.source[samples.start:samples.stop], 2,
-                         taps[:, None, :].expand(n, c, width), out=columns)
+                         taps[:, None, :].expand(columns.shape), out=columns)
             return columns.transpose(1, 2)
-        torch.index_select(self.source, 0, taps.view(-1), out=gathered.view(-1, c))
-        return gathered.view(taps.shape[0], taps.shape[1], -1)
+        return gather_patches(self.source, taps.view(-1, taps.shape[2]), buffer).view(
+            taps.shape[0], taps.shape[1], -1)
 
 
 def blocks_of(rows: Tensor, width: int, regions: int) -> Tensor:

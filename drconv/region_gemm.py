@@ -19,7 +19,7 @@ from torch import Tensor
 from .patches import (COLUMN_PAD, Patches, blocks_of, channels_last, from_rows,
                       padded_columns, put_columns)
 from .scratch import scratch
-from .sorted_rows import Blocks, RowLayout, Span, runs, spans
+from .sorted_rows import Blocks, RowLayout, Span, in_run, runs, spans
 
 # Elements of gathered patches one span may hold (bounds the rows of a span).
 PIECE_ELEMENTS = 1 << 20
@@ -104,9 +104,8 @@ def forward_blocks(patches_of: Patches, filters: Tensor, blocks: Blocks, out: Te
             torch.bmm(blocks_of(patches[i], blocks.widths[s], m), filters[s].transpose(1, 2),
                       out=blocks_of(products[i], blocks.widths[s], m))
         rows = slice(samples.start * l, samples.stop * l)
-        slot = (blocks.pixel_slot[rows].view(n, l)
-                + torch.arange(0, n * width, width, device=out.device)[:, None])
-        torch.index_select(products.view(-1, c_out), 0, slot.view(-1), out=rows_out[rows])
+        torch.index_select(products.view(-1, c_out), 0, in_run(blocks.pixel_slot[rows], n, width),
+                           out=rows_out[rows])
     if patches_of.per_sample:
         rows_out = rows_out.view(b, l, c_out)
         if len(blocks.samples) == b:

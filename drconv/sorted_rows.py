@@ -153,3 +153,11 @@ def runs(blocks: Blocks, row_elements: int) -> Iterator[Tuple[range, int]]:
         width = wider
     if run:
         yield range(run[0], run[-1] + 1), width
+
+
+def in_run(slot: Tensor, samples: int, width: int) -> Tensor:
+    """Rows in the samples' :class:`Blocks` (``slot`` or ``pixel_slot`` of n consecutive
+    samples, (n * L)) as rows of their run, each sample's blocks ``width`` rows after the
+    previous one's: (n * L)."""
+    step = torch.arange(0, samples * width, width, device=slot.device)
+    return (slot.view(samples, -1) + step[:, None]).view(-1)
