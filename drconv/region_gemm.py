@@ -145,8 +145,10 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, layout: RowLayout, in
     grads_of = Patches(grad_out, identity, order, False, 'grad_rows')
     columns = patches_of.per_sample  # x read (and its gradient written) column-wise
     grad_x = None
-    if need_input and columns:  # a 1x1 kernel reads each input pixel at most once
-        grad_x = x.new_zeros(b, c_in, x.shape[2] * x.shape[3])
+    if need_input and columns:  # a 1x1 kernel reads each input pixel at most once, and with
+        # stride 1 exactly once: then every pixel's gradient is written, and none need zeroing
+        pixels = x.shape[2] * x.shape[3]
+        grad_x = (x.new_empty if index.shape[0] == pixels else x.new_zeros)(b, c_in, pixels)
     elif need_input:  # the gradient itself when channels-last (from_rows gives a view)
         grad_x = (x.new_zeros(b * patches_of.rows_per_sample, c_in) if channels_last(x) else
                   scratch('result_rows', b * patches_of.rows_per_sample * c_in, x)
