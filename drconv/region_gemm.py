@@ -4,8 +4,9 @@ The output pixels are sorted by (sample, region) (:mod:`drconv.sorted_rows`), th
 gathered (:mod:`drconv.patches`), and each group multiplied by its own filter only: one GEMM
 per group in spans of bounded size, so the working memory does not grow with the image, or one
 batched GEMM per sample whose groups are balanced. The temporaries come from
-:func:`drconv.scratch.scratch` (on CPU, memory kept between calls), and the results are copied
-to their pixels.
+:func:`drconv.scratch.scratch` (on CPU, memory kept between calls; the all-region responses of
+the exact guide gradient excepted: oneDNN makes those, :func:`region_scores`), and the results
+are copied to their pixels.
 
 Layouts used here (``L = H_out * W_out``, ``K = kh * kw * C_in``):
     filters         (B, m, C_out, K)    K ordered (kh, kw, C_in)
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from .patches import (COLUMN_PAD, Patches, blocks_of, channels_last, from_rows,
                       padded_columns, put_columns)
+from .onednn import linear
 from .scratch import scratch
 from .sorted_rows import Blocks, RowLayout, Span, in_run, runs, spans
 
@@ -173,8 +175,9 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, layout: RowLayout, in
     # output there, x's gradient here; 'span_out') is never in use by both at once
     grad_buffer = scratch('span_out', grads_of.buffer_numel(n), x)
     grad_patches_buffer = scratch('grad_patches', k * (n + COLUMN_PAD), x)
-    if scores_of == 'all':  # all-region responses, RESPONSE_ROWS rows at a time
-        responses_buffer = scratch('responses', min(RESPONSE_ROWS, max_rows) * m * c_out, x)
+    step = min(RESPONSE_ROWS, max_rows)  # all-region responses, RESPONSE_ROWS rows at a time
+    if scores_of == 'all' and k <= c_out:  # for scores_via_patch_grads (region_scores: oneDNN's)
+        responses_buffer = scratch('responses', step * m * k, x)
     # one sample per span (what column reads need), split evenly: the all-region scores pack
     # the sample's m filters once per GEMM, so a short leftover span would cost a whole packing
     for span in spans(ends, max_rows, m, skip=batched if scores_of != 'all' else ()):
@@ -189,7 +192,6 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, layout: RowLayout, in
         # selected one's for free (1x1 fwd+bwd: 0 vs 64 GEMMs of one group each)
         via_patch_grads = scores_of == 'all' and k <= c_out and not done
         if scores_of == 'all':
-            step = responses_buffer.numel() // (m * c_out)
             for a in range(0, count, step):
                 z = min(a + step, count)
                 if via_patch_grads:
@@ -201,7 +203,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, layout: RowLayout, in
                         grad_patches[a:z] if grad_patches is not None else None)
                 else:
                     region_scores(patches[a:z], grad[a:z], filters[sample].view(m * c_out, k),
-                                  responses_buffer, scores[span.lo + a:span.lo + z])
+                                  scores[span.lo + a:span.lo + z])
         if not done:
             backward_span(span, sample, patches, grad, flat_filters, patches_of,
                           grad_patches_buffer, via_patch_grads, grad_x, grad_filters,
@@ -307,26 +309,24 @@ def backward_blocks(patches_of: Patches, grads_of: Patches, filters: Tensor, blo
             torch.index_select(padded_scores, 0, blocks.slot[rows], out=scores[rows])
 
 
-def region_scores(patches: Tensor, grad: Tensor, every_filter: Tensor, buffer: Tensor,
-                  out: Tensor) -> None:
+def region_scores(patches: Tensor, grad: Tensor, every_filter: Tensor, out: Tensor) -> None:
     """Every region's score at n pixels of one sample, into ``out`` (n, m).
+
+    The responses, n * m * C_out values, are a new tensor from :func:`drconv.onednn.linear`:
+    oneDNN writes no given output.
 
     Args:
         patches (Tensor[n, K]): the pixels' patches (rows, or a transposed view of columns).
         grad (Tensor[n, C_out]): the output gradient there (likewise); the responses are laid
             out to match it.
         every_filter (Tensor[m * C_out, K]): the sample's m filters.
-        buffer (Tensor): scratch of at least n * m * C_out elements for the responses.
     """
-    n, (m_c, _) = patches.shape[0], every_filter.shape
-    c_out = grad.shape[1]
-    if grad.stride(1) != 1:  # read column-wise: responses as (m, C_out, n), no strided reads
-        responses = buffer[:m_c * n].view(m_c, n)
-        torch.mm(every_filter, patches.t(), out=responses)
+    n, c_out = grad.shape
+    if grad.stride(1) != 1:  # read column-wise: responses as (m * C_out, n), no strided reads
+        responses = linear(every_filter, patches)
         out.copy_(responses.view(-1, c_out, n).mul_(grad.t()).sum(1).t())
     else:
-        responses = buffer[:n * m_c].view(n, m_c)
-        torch.mm(patches, every_filter.t(), out=responses)
+        responses = linear(patches, every_filter)
         torch.sum(responses.view(n, -1, c_out).mul_(grad[:, None, :]), 2, out=out)
 
 

@@ -108,6 +108,21 @@ def test_float32_and_channels_last_and_noncontiguous():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('grad_layout', ['nchw', 'nhwc'])
+def test_float32_gradients(grad_layout):
+    """Float32 on CPU takes the all-region scores through oneDNN (drconv.onednn), with the
+    output gradient read column-wise (NCHW) or row-wise (channels-last)."""
+    x, weight, guide = make_inputs(2, 6, 4, (9, 9), 3, 1, 1, 1, 3, dtype=torch.float32)
+    grad_out = torch.randn(2, 4, 9, 9)
+    if grad_layout == 'nhwc':
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    got = grads(region_conv, (x, weight, guide), grad_out, padding=1)
+    want = grads(region_conv_dense, [t.double() for t in (x, weight, guide)], grad_out.double(),
+                 padding=1)
+    for name, a, e in zip(('output', 'd/dx', 'd/dweight', 'd/dguide'), got, want):
+        torch.testing.assert_close(a, e.float(), rtol=1e-4, atol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('piece_elements', [1 << 20, 30])
 @pytest.mark.parametrize('x_layout,grad_layout', [('nchw', 'nchw'), ('nhwc', 'nchw'),
