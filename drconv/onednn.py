@@ -4,20 +4,34 @@ torch's CPU ``mm`` calls MKL, which on this project's AMD EPYC machines runs bel
 AVX-512 matmul (the library behind ``F.conv2d``): (8192, 1152) @ (1152, 128) took 14.0 ms
 against 11.5 ms on 2 threads, and 8 samples' (1024, 1152) @ (1152, 1024), the exact guide
 gradient's products, 99-102 ms against 88-92 ms. :func:`linear` reaches that matmul through
-``torch.ops.mkldnn._linear_pointwise`` (the op torch's compiler emits for linear layers on CPU)
-for dense float32/bfloat16 operands. oneDNN runs strided operands through a reference kernel
-(8 s for a (1024, 1152) @ (1152, 512) product with padded rows), so those, like every other
-case, go to ``torch.mm``.
+``torch.ops.mkldnn._linear_pointwise`` (the op ``torch.compile`` uses for frozen linear layers
+on CPU) for dense float32/bfloat16 operands. oneDNN runs strided operands through a reference
+kernel (8 s for a (1024, 1152) @ (1152, 512) product with padded rows), so those, like every
+other case, go to ``torch.mm``; so does everything when the op, private to torch, is missing or
+no longer takes these arguments.
 """
+import functools
+
 import torch
 from torch import Tensor
+
+
+@functools.lru_cache(maxsize=None)
+def _linear_pointwise_works() -> bool:
+    """Whether this torch has the op, with the signature used here (a private op may change)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        one = torch.ones(1, 1)
+        return torch.ops.mkldnn._linear_pointwise(one, one, None, 'none', [], '').item() == 1
+    except (AttributeError, RuntimeError, TypeError):
+        return False
 
 
 def available(t: Tensor) -> bool:
     """Whether :func:`linear` can run through oneDNN for operands like ``t``."""
     return (t.device.type == 'cpu' and t.dtype in (torch.float32, torch.bfloat16)
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
+            and _linear_pointwise_works())
 
 
 def linear(a: Tensor, b: Tensor) -> Tensor:

@@ -39,3 +39,22 @@ def test_other_operands_go_to_torch_mm(monkeypatch, layout):
     monkeypatch.setattr(torch, 'mm', lambda *args: calls.append(1) or mm(*args))
     torch.testing.assert_close(onednn.linear(a, b), want)
     assert calls == [1]
+
+
+@pytest.fixture
+def fresh_probe():
+    onednn._linear_pointwise_works.cache_clear()
+    yield
+    onednn._linear_pointwise_works.cache_clear()
+
+
+@pytest.mark.parametrize('error', [AttributeError, RuntimeError, TypeError])
+def test_a_changed_private_op_falls_back_to_torch_mm(monkeypatch, fresh_probe, error):
+    """``_linear_pointwise`` is private to torch: if it is gone or its signature changed,
+    linear still answers, through torch.mm."""
+    def changed(*args):
+        raise error('changed')
+    monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', changed)
+    a, b = torch.randn(5, 7), torch.randn(3, 7)
+    assert not onednn.available(a)
+    torch.testing.assert_close(onednn.linear(a, b), a @ b.t())
