@@ -16,9 +16,11 @@ static filter, the yardstick), ``region_conv`` (this op) and ``dense``
 ``region_conv_top2`` (``guide_grad='top2'``). Two modes: ``forward`` (inference, under
 torch.no_grad) and ``forward_backward`` (forward with grad, then backward of a fixed random
 output gradient to every input: x and the weight, and the guide for the DRConv variants).
-Timing is interleaved: each repetition runs every (variant, mode) once, in an order rotated per
-repetition, after ``--warmup`` untimed repetitions; the table gives medians and their ratio to
-``conv`` of the same shape.
+Timing is interleaved: each repetition runs every (variant, mode) once, in a random order drawn
+anew for each repetition (seeded, the same every run), after ``--warmup`` untimed repetitions,
+so that no variant always runs after the same one (what runs before a call changes its time:
+the cache it finds, the memory just freed); the table gives medians and their ratio to ``conv``
+of the same shape.
 
 Peak extra memory (forward_backward): the most bytes the forward + backward held allocated at
 once above what was allocated before it started (the inputs and the output gradient), outputs
@@ -40,6 +42,7 @@ import inspect
 import json
 import os
 import os.path as osp
+import random
 import statistics
 import sys
 import time
@@ -215,12 +218,15 @@ def synchronize(device: torch.device) -> None:
 def time_variants(ops: Dict[str, Callable], t: Dict[str, torch.Tensor], s: LayerShape,
                   device: torch.device, repeat: int,
                   warmup: int) -> Dict[Tuple[str, str], List[float]]:
-    """Seconds of each (variant, mode), run round-robin, ``repeat`` times after ``warmup``."""
+    """Seconds of each (variant, mode), each repetition running them all in a random order,
+    ``repeat`` times after ``warmup``."""
     jobs = [(v, m) for m in MODES for v in ops]
     times: Dict[Tuple[str, str], List[float]] = {job: [] for job in jobs}
+    shuffle = random.Random(0).shuffle
     for rep in range(warmup + repeat):
-        shift = rep % len(jobs)
-        for variant, mode in jobs[shift:] + jobs[:shift]:
+        order = list(jobs)
+        shuffle(order)
+        for variant, mode in order:
             synchronize(device)
             start = time.perf_counter()
             run_once(ops[variant], variant, mode, t, s)
