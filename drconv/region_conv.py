@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import region_gemm, triton_forward
+from . import cpu_forward, region_gemm, triton_forward
 from .patches import Geometry, from_rows, patch_index
 from .sorted_rows import row_layout
 from ._utils import IntPair, conv_output_size, pair
@@ -93,8 +93,9 @@ def top2_guide_gradient(guide: Tensor, region: Tensor, second: Tensor, first_sco
 class RegionConvFunction(torch.autograd.Function):
     """Autograd Function of :func:`region_conv`.
 
-    Forward: the fused Triton kernel on CUDA when available, else the sorted-rows GEMMs of
-    :mod:`drconv.region_gemm`; backward: those GEMMs on every device.
+    Forward: a fused kernel when one runs on the input (Triton on CUDA, AVX-512 for float32 on
+    CPU), else the sorted-rows GEMMs of :mod:`drconv.region_gemm`; backward: those GEMMs on
+    every device.
     """
 
     @staticmethod
@@ -111,6 +112,8 @@ class RegionConvFunction(torch.autograd.Function):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
             out = from_rows(rows, out_size, x)
+        elif cpu_forward.is_available(x):
+            out = cpu_forward.forward(x, filters, region, out_size, geo)
         else:
             ctx.layout = row_layout(region, m, filters.shape[-1])
             out = region_gemm.forward(x, filters, ctx.layout, index, any(geo.padding), out_size)

@@ -1,0 +1,153 @@
+"""The fused AVX-512 CPU forward equals the reference; where it cannot run, the PyTorch path does."""
+import os
+
+import pytest
+import torch
+
+from drconv import cpu_forward, region_conv, region_conv_dense, region_gemm
+from drconv._utils import conv_output_size
+
+needs_kernel = pytest.mark.skipif(
+    not cpu_forward.is_available(torch.zeros(1)),
+    reason='the CPU kernel needs AVX-512 and a C++ compiler (the PyTorch path runs instead)')
+
+
+def make_inputs(b, c_in, c_out, size, k, stride, padding, dilation, m, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    h_out = conv_output_size(size[0], kh, stride, padding, dilation)
+    w_out = conv_output_size(size[1], kw, stride, padding, dilation)
+    x = torch.randn(b, c_in, *size, generator=gen)
+    weight = torch.randn(b, m, c_out, c_in, kh, kw, generator=gen)
+    guide = torch.randn(b, m, h_out, w_out, generator=gen)
+    guide[0, m - 1] = -1e4  # an empty region in sample 0
+    return x, weight, guide
+
+
+@pytest.fixture
+def pytorch_forward_fails(monkeypatch):
+    """Makes the PyTorch forward raise, so a passing op shows that the kernel ran."""
+    def fail(*args):
+        raise AssertionError('the PyTorch forward ran instead of the CPU kernel')
+    monkeypatch.setattr(region_gemm, 'forward', fail)
+
+
+CASES = [
+    # b, c_in, c_out, (h, w), k, stride, padding, dilation, m
+    (2, 3, 5, (7, 9), 3, 1, 1, 1, 4),       # C_in, C_out below one vector
+    (1, 40, 20, (6, 5), 3, 2, 2, 2, 3),     # stride, dilation, padding wider than 1
+    (2, 4, 130, (5, 6), 1, 1, 0, 1, 2),     # C_out past two panels of 64
+    (3, 2, 3, (9, 8), 5, 3, 1, 1, 6),
+    (2, 33, 70, (8, 8), 3, 1, 1, 1, 4),     # C_in, C_out with tails
+    (1, 16, 64, (5, 7), (3, 1), 1, 0, 1, 2),  # kh != kw
+    (2, 32, 16, (6, 6), 3, 1, 0, 1, 1),     # one region, no padding
+]
+
+
+@needs_kernel
+@pytest.mark.usefixtures('pytorch_forward_fails')
+@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'sliced'])
+def test_kernel_matches_reference(case, layout):
+    x, weight, guide = make_inputs(*case)
+    _, _, _, _, _, s, p, d, _ = case
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == 'sliced':  # neither contiguous nor channels-last
+        x = torch.cat([x, x], dim=3)[..., ::2]
+    out = region_conv(x, weight, guide, s, p, d)
+    want = region_conv_dense(x.double(), weight.double(), guide.double(), s, p, d)
+    torch.testing.assert_close(out, want.float(), rtol=1e-5, atol=1e-4)
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == 'channels_last')
+
+
+@needs_kernel
+@pytest.mark.usefixtures('pytorch_forward_fails')
+def test_target_layer_shape():
+    x, weight, guide = make_inputs(2, 128, 128, (12, 12), 3, 1, 1, 1, 8)
+    want = region_conv_dense(x.double(), weight.double(), guide.double(), 1, 1, 1)
+    torch.testing.assert_close(region_conv(x, weight, guide, 1, 1, 1), want.float(),
+                               rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.usefixtures('pytorch_forward_fails')
+def test_gradients_after_kernel_forward():
+    x, weight, guide = make_inputs(2, 24, 20, (7, 6), 3, 1, 1, 1, 4)
+    grad_out = torch.randn(2, 20, 7, 6, generator=torch.Generator().manual_seed(1))
+    got = [t.clone().requires_grad_() for t in (x, weight, guide)]
+    want = [t.double().requires_grad_() for t in (x, weight, guide)]
+    region_conv(*got, padding=1).backward(grad_out)
+    region_conv_dense(*want, padding=1).backward(grad_out.double())
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.grad, w.grad.float(), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+def test_switch_and_other_dtypes_run_the_pytorch_path(monkeypatch):
+    calls = []
+    forward = region_gemm.forward
+    monkeypatch.setattr(region_gemm, 'forward', lambda *a: calls.append(1) or forward(*a))
+    x, weight, guide = make_inputs(2, 8, 6, (6, 6), 3, 1, 1, 1, 3)
+    kernel_out = region_conv(x, weight, guide, padding=1)
+    assert not calls
+    region_conv(x.double(), weight.double(), guide.double(), padding=1)
+    assert len(calls) == 1
+    monkeypatch.setenv(cpu_forward.SWITCH, '0')
+    torch.testing.assert_close(region_conv(x, weight, guide, padding=1), kernel_out,
+                               rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2
+
+
+@needs_kernel
+@pytest.mark.parametrize('shape', [(2, 16, 32), (3, 37, 21), (1, 5, 3)])
+def test_transpose(shape):
+    x = torch.randn(*shape)
+    out = torch.empty(shape[0], shape[2], shape[1])
+    cpu_forward.library().drconv_transpose_f32(x.data_ptr(), out.data_ptr(), *shape, 2)
+    assert torch.equal(out, x.transpose(1, 2))
+
+
+@needs_kernel
+def test_sort_by_group_is_a_stable_sort():
+    region = torch.randint(0, 5, (3, 41), generator=torch.Generator().manual_seed(0))
+    region[1] = 2  # one sample in a single group
+    order = torch.empty(region.numel(), dtype=torch.int64)
+    starts = torch.empty(3 * 5 + 1, dtype=torch.int64)
+    assert cpu_forward.library().drconv_sort_by_group(region.data_ptr(), 3, 41, 5,
+                                                      order.data_ptr(), starts.data_ptr()) == 0
+    group = (region + torch.arange(3)[:, None] * 5).view(-1)
+    assert torch.equal(order, torch.argsort(group, stable=True))
+    counts = torch.bincount(group, minlength=15)
+    assert torch.equal(starts, torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]))
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """An empty kernel cache, and the library loaded anew (and again after the test)."""
+    monkeypatch.setenv('DRCONV_CACHE_DIR', str(tmp_path))
+    cpu_forward.library.cache_clear()
+    yield tmp_path
+    cpu_forward.library.cache_clear()
+
+
+@pytest.mark.parametrize('compiler', ['/nonexistent/c++', 'false'])
+def test_failed_build_warns_and_falls_back(monkeypatch, fresh_build, compiler):
+    monkeypatch.setenv('CXX', compiler)
+    with pytest.warns(UserWarning, match='PyTorch forward'):
+        assert cpu_forward.library() is None
+    x, weight, guide = make_inputs(2, 8, 6, (6, 6), 3, 1, 1, 1, 3)
+    assert not cpu_forward.is_available(x)
+    want = region_conv_dense(x, weight, guide, padding=1)
+    torch.testing.assert_close(region_conv(x, weight, guide, padding=1), want,
+                               rtol=1e-5, atol=1e-5)
+    assert os.listdir(fresh_build) == []  # no partial library left behind
+
+
+@needs_kernel
+def test_build_is_cached_by_source_and_command(fresh_build):
+    path = cpu_forward.build(os.environ.get('CXX', 'c++'), str(fresh_build))
+    built = os.stat(path).st_mtime_ns
+    assert cpu_forward.build(os.environ.get('CXX', 'c++'), str(fresh_build)) == path
+    assert os.stat(path).st_mtime_ns == built
+    assert os.listdir(fresh_build) == [os.path.basename(path)]
