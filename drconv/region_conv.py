@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import cpu_forward, region_gemm, triton_forward
+from . import cpu_kernels, region_gemm, triton_forward
 from .patches import Geometry, from_rows, patch_index
 from .sorted_rows import row_layout
 from ._utils import IntPair, conv_output_size, pair
@@ -93,9 +93,9 @@ def top2_guide_gradient(guide: Tensor, region: Tensor, second: Tensor, first_sco
 class RegionConvFunction(torch.autograd.Function):
     """Autograd Function of :func:`region_conv`.
 
-    Forward: a fused kernel when one runs on the input (Triton on CUDA, AVX-512 for float32 on
-    CPU), else the sorted-rows GEMMs of :mod:`drconv.region_gemm`; backward: those GEMMs on
-    every device.
+    Forward: a fused kernel when one runs on the input (Triton on CUDA, :mod:`drconv.cpu_kernels`
+    for float32 on an AVX-512 CPU), else the sorted-rows GEMMs of :mod:`drconv.region_gemm`;
+    backward: the CPU kernels for x and the filters where they run, those GEMMs for the rest.
     """
 
     @staticmethod
@@ -112,8 +112,8 @@ class RegionConvFunction(torch.autograd.Function):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
             out = from_rows(rows, out_size, x)
-        elif cpu_forward.is_available(x):
-            out = cpu_forward.forward(x, filters, region, out_size, geo)
+        elif cpu_kernels.is_available(x):
+            out = cpu_kernels.forward(x, filters, region, out_size, geo)
         else:
             ctx.layout = row_layout(region, m, filters.shape[-1])
             out = region_gemm.forward(x, filters, ctx.layout, index, any(geo.padding), out_size)
@@ -132,9 +132,21 @@ class RegionConvFunction(torch.autograd.Function):
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         zero_row = any(ctx.geo.padding)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
-        layout = ctx.layout or row_layout(region, m, filters.shape[-1])
-        grad_x, grad_filters, scores = region_gemm.backward(
-            grad_out, x, filters, layout, index, zero_row, need_x, need_w, scores_of)
+        # the CPU kernels for x and the filters, the PyTorch path for the scores; but with
+        # K <= C_out (1x1) the exact scores come from every region's patch gradient, which
+        # holds x's (region_gemm.scores_via_patch_grads): the PyTorch path does it all then
+        kernels = (cpu_kernels.is_available(x)
+                   and not (scores_of == 'all' and filters.shape[-1] <= c_out))
+        if kernels:
+            grad_x, grad_filters = cpu_kernels.backward(grad_out, x, filters, region, ctx.geo,
+                                                        need_x, need_w)
+        if scores_of is not None or not kernels:
+            layout = ctx.layout or row_layout(region, m, filters.shape[-1])
+            pytorch_x, pytorch_w, scores = region_gemm.backward(
+                grad_out, x, filters, layout, index, zero_row, need_x and not kernels,
+                need_w and not kernels, scores_of)
+            if not kernels:
+                grad_x, grad_filters = pytorch_x, pytorch_w
         grad_w = grad_g = None
         if need_w:
             grad_w = grad_filters.view(b, m, c_out, *ctx.kernel, c_in).permute(0, 1, 2, 5, 3, 4)

@@ -164,7 +164,8 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, layout: RowLayout, in
         scores = scratch('scores', order.numel() * (m if scores_of == 'all' else 1), x).view(shape)
     # rows only: a 1x1 kernel read column-wise has small per-group GEMMs, and its all-region
     # scores need the unpadded rows anyway (batched there, fwd+bwd took 28.3 vs 27.0 ms)
-    batched = set() if columns else set(blocks.samples)
+    batched = (set() if columns or not (need_input or need_filters or scores_of == 'selected')
+               else set(blocks.samples))
     if batched:
         backward_blocks(patches_of, grads_of, filters, blocks, grad_x, grad_filters,
                         scores_of, scores)

@@ -1,20 +1,20 @@
 """region_conv against the all-regions reference, gradcheck, and its refusals.
 
 These test the pure-PyTorch path, so the fused CPU forward is switched off here
-(tests/core/test_cpu_forward.py tests it).
+(tests/core/test_cpu_kernels.py tests it).
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from drconv import cpu_forward, region_conv, region_conv_dense
+from drconv import cpu_kernels, region_conv, region_conv_dense
 from drconv._utils import conv_output_size
 
 
 @pytest.fixture(autouse=True)
 def pytorch_forward(monkeypatch):
-    monkeypatch.setenv(cpu_forward.SWITCH, '0')
+    monkeypatch.setenv(cpu_kernels.SWITCH, '0')
 
 
 def make_inputs(b, c_in, c_out, size, k, stride, padding, dilation, m, seed=0,

@@ -1,14 +1,14 @@
-"""The fused AVX-512 CPU forward equals the reference; where it cannot run, the PyTorch path does."""
+"""The AVX-512 CPU kernels equal the reference; where they cannot run, the PyTorch path does."""
 import os
 
 import pytest
 import torch
 
-from drconv import cpu_forward, region_conv, region_conv_dense, region_gemm
+from drconv import cpu_kernels, region_conv, region_conv_dense, region_gemm
 from drconv._utils import conv_output_size
 
 needs_kernel = pytest.mark.skipif(
-    not cpu_forward.is_available(torch.zeros(1)),
+    not cpu_kernels.is_available(torch.zeros(1)),
     reason='the CPU kernel needs AVX-512 and a C++ compiler (the PyTorch path runs instead)')
 
 
@@ -71,16 +71,34 @@ def test_target_layer_shape():
 
 
 @needs_kernel
-@pytest.mark.usefixtures('pytorch_forward_fails')
-def test_gradients_after_kernel_forward():
-    x, weight, guide = make_inputs(2, 24, 20, (7, 6), 3, 1, 1, 1, 4)
-    grad_out = torch.randn(2, 20, 7, 6, generator=torch.Generator().manual_seed(1))
-    got = [t.clone().requires_grad_() for t in (x, weight, guide)]
+@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'grad_channels_last'])
+@pytest.mark.parametrize('guide_grad', ['exact', 'top2'])
+def test_backward_kernels_match_reference(monkeypatch, case, layout, guide_grad):
+    asked = []  # what the PyTorch backward was asked for: (x's gradient, the filters')
+    backward = region_gemm.backward
+    monkeypatch.setattr(region_gemm, 'backward',
+                        lambda *a: asked.append(a[6:8]) or backward(*a))
+    x, weight, guide = make_inputs(*case)
+    b, c_in, c_out, _, k, s, p, d, _ = case
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
     want = [t.double().requires_grad_() for t in (x, weight, guide)]
-    region_conv(*got, padding=1).backward(grad_out)
-    region_conv_dense(*want, padding=1).backward(grad_out.double())
-    for g, w in zip(got, want):
+    out = region_conv_dense(*want, s, p, d)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    if layout == 'grad_channels_last':
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    out.backward(grad_out.double())
+    got = [t.clone().requires_grad_() for t in (x, weight, guide)]
+    region_conv(*got, s, p, d, guide_grad=guide_grad).backward(grad_out)
+    checked = got if guide_grad == 'exact' else got[:2]  # top2 changes the guide's gradient
+    for g, w in zip(checked, want):
         torch.testing.assert_close(g.grad, w.grad.float(), rtol=1e-4, atol=1e-4)
+    assert got[0].grad.is_contiguous(memory_format=torch.channels_last) == (
+        layout == 'channels_last')
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    pytorch_does_all = guide_grad == 'exact' and kh * kw * c_in <= c_out
+    assert asked and all(a == (pytorch_does_all,) * 2 for a in asked)
 
 
 @needs_kernel
@@ -93,7 +111,7 @@ def test_switch_and_other_dtypes_run_the_pytorch_path(monkeypatch):
     assert not calls
     region_conv(x.double(), weight.double(), guide.double(), padding=1)
     assert len(calls) == 1
-    monkeypatch.setenv(cpu_forward.SWITCH, '0')
+    monkeypatch.setenv(cpu_kernels.SWITCH, '0')
     torch.testing.assert_close(region_conv(x, weight, guide, padding=1), kernel_out,
                                rtol=1e-5, atol=1e-5)
     assert len(calls) == 2
@@ -104,7 +122,7 @@ def test_switch_and_other_dtypes_run_the_pytorch_path(monkeypatch):
 def test_transpose(shape):
     x = torch.randn(*shape)
     out = torch.empty(shape[0], shape[2], shape[1])
-    cpu_forward.library().drconv_transpose_f32(x.data_ptr(), out.data_ptr(), *shape, 2)
+    cpu_kernels.library().drconv_transpose_f32(x.data_ptr(), out.data_ptr(), *shape, 2)
     assert torch.equal(out, x.transpose(1, 2))
 
 
@@ -114,7 +132,7 @@ def test_sort_by_group_is_a_stable_sort():
     region[1] = 2  # one sample in a single group
     order = torch.empty(region.numel(), dtype=torch.int64)
     starts = torch.empty(3 * 5 + 1, dtype=torch.int64)
-    assert cpu_forward.library().drconv_sort_by_group(region.data_ptr(), 3, 41, 5,
+    assert cpu_kernels.library().drconv_sort_by_group(region.data_ptr(), 3, 41, 5,
                                                       order.data_ptr(), starts.data_ptr()) == 0
     group = (region + torch.arange(3)[:, None] * 5).view(-1)
     assert torch.equal(order, torch.argsort(group, stable=True))
@@ -126,18 +144,18 @@ def test_sort_by_group_is_a_stable_sort():
 def fresh_build(monkeypatch, tmp_path):
     """An empty kernel cache, and the library loaded anew (and again after the test)."""
     monkeypatch.setenv('DRCONV_CACHE_DIR', str(tmp_path))
-    cpu_forward.library.cache_clear()
+    cpu_kernels.library.cache_clear()
     yield tmp_path
-    cpu_forward.library.cache_clear()
+    cpu_kernels.library.cache_clear()
 
 
 @pytest.mark.parametrize('compiler', ['/nonexistent/c++', 'false'])
 def test_failed_build_warns_and_falls_back(monkeypatch, fresh_build, compiler):
     monkeypatch.setenv('CXX', compiler)
     with pytest.warns(UserWarning, match='PyTorch forward'):
-        assert cpu_forward.library() is None
+        assert cpu_kernels.library() is None
     x, weight, guide = make_inputs(2, 8, 6, (6, 6), 3, 1, 1, 1, 3)
-    assert not cpu_forward.is_available(x)
+    assert not cpu_kernels.is_available(x)
     want = region_conv_dense(x, weight, guide, padding=1)
     torch.testing.assert_close(region_conv(x, weight, guide, padding=1), want,
                                rtol=1e-5, atol=1e-5)
@@ -146,8 +164,8 @@ def test_failed_build_warns_and_falls_back(monkeypatch, fresh_build, compiler):
 
 @needs_kernel
 def test_build_is_cached_by_source_and_command(fresh_build):
-    path = cpu_forward.build(os.environ.get('CXX', 'c++'), str(fresh_build))
+    path = cpu_kernels.build(os.environ.get('CXX', 'c++'), str(fresh_build))
     built = os.stat(path).st_mtime_ns
-    assert cpu_forward.build(os.environ.get('CXX', 'c++'), str(fresh_build)) == path
+    assert cpu_kernels.build(os.environ.get('CXX', 'c++'), str(fresh_build)) == path
     assert os.stat(path).st_mtime_ns == built
     assert os.listdir(fresh_build) == [os.path.basename(path)]

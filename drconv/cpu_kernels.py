@@ -1,0 +1,225 @@
+"""Fused AVX-512 CPU kernels of :func:`drconv.region_conv` (float32), used automatically.
+
+``csrc/region_conv_avx512.cpp`` holds the forward and the input and filter gradients, each
+reading the sorted pixels' k x k patches straight from the channels-last tensors while it
+multiplies (no im2col buffer, no padded copy, no zeroed filter gradient): the forward per
+(sample, region) group and 64 output channels, the filter gradient per group, the input
+gradient per sample and 32 input channels (so no two threads add to one element). The guide's
+scores stay with :mod:`drconv.region_gemm` (its all-region GEMMs go through oneDNN). On the
+target layer (8 x 128 x 32 x 32, m = 8, 3x3, 2 threads) the forward's products ran at
+84 GMAC/s against 85 for ``F.conv2d`` of the same shape, the input and filter gradients at 67
+and 45 GMAC/s (18 and 27 ms, against 61 ms for both through the PyTorch path).
+
+It is plain C++ (no torch headers), compiled on first use with the system's C++ compiler
+(``CXX``, default ``c++``; about two seconds) into a cache folder (``DRCONV_CACHE_DIR``, default
+``$XDG_CACHE_HOME/drconv`` or ``~/.cache/drconv``) under a hash of its source and command, and
+loaded with ctypes. Its OpenMP is the libgomp torch has loaded, so it runs on torch's threads
+(``torch.get_num_threads()``). Where it cannot run (no AVX-512, not float32, not CPU) or cannot
+be built (a warning says why, once), or with ``DRCONV_CPU_KERNEL=0``, the PyTorch path runs.
+"""
+import ctypes
+import functools
+import hashlib
+import os
+import os.path as osp
+import subprocess
+import tempfile
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .patches import Geometry, channels_last
+from .scratch import scratch
+
+SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc', 'region_conv_avx512.cpp')
+FLAGS = ['-O3', '-mavx512f', '-fopenmp', '-shared', '-fPIC', '-std=c++17']
+SWITCH = 'DRCONV_CPU_KERNEL'
+
+
+def cache_dir() -> str:
+    """Folder of built kernels: ``DRCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/drconv``, else
+    ``~/.cache/drconv``."""
+    if os.environ.get('DRCONV_CACHE_DIR'):
+        return os.environ['DRCONV_CACHE_DIR']
+    base = os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache')
+    return osp.join(base, 'drconv')
+
+
+def build(compiler: str, folder: str) -> str:
+    """Compile the kernel with ``compiler`` into ``folder`` unless built there already; return
+    the library's path. Raises OSError or subprocess.CalledProcessError when the build fails."""
+    with open(SOURCE, 'rb') as f:
+        source = f.read()
+    command: List[str] = [compiler, *FLAGS]
+    key = hashlib.sha256(source + ' '.join(command).encode()).hexdigest()[:16]
+    path = osp.join(folder, f'region_conv_avx512_{key}.so')
+    if osp.exists(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    # a private name, renamed when complete: processes building at once never see half a file
+    fd, partial = tempfile.mkstemp(suffix='.so', dir=folder)
+    os.close(fd)
+    try:
+        subprocess.run([*command, SOURCE, '-o', partial], check=True, capture_output=True,
+                       text=True)
+        os.replace(partial, path)
+    finally:
+        if osp.exists(partial):
+            os.remove(partial)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> Optional[ctypes.CDLL]:
+    """The built kernel, or None (with a warning) when it cannot be built or loaded."""
+    compiler = os.environ.get('CXX', 'c++')
+    try:
+        lib = ctypes.CDLL(build(compiler, cache_dir()))
+    except subprocess.CalledProcessError as e:
+        warnings.warn(f'drconv: building {SOURCE} with {compiler} failed, so region_conv runs '
+                      f'its PyTorch forward on CPU:\n{e.stderr}')
+        return None
+    except OSError as e:
+        warnings.warn(f'drconv: could not build or load {SOURCE} with {compiler} ({e}), so '
+                      'region_conv runs its PyTorch forward on CPU')
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    lib.drconv_region_forward_f32.argtypes = [pointer] * 6 + [ctypes.c_int]
+    lib.drconv_transpose_f32.argtypes = [pointer, pointer, size, size, size, ctypes.c_int]
+    lib.drconv_transpose_f32.restype = None
+    lib.drconv_sort_by_group.argtypes = [pointer, size, size, size, pointer, pointer]
+    for kernel in (lib.drconv_region_filter_grad_f32, lib.drconv_region_input_grad_f32):
+        kernel.argtypes = [pointer] * 6 + [ctypes.c_int]
+    return lib
+
+
+def is_available(x: Tensor) -> bool:
+    """Whether the kernel runs on ``x``: a float32 CPU tensor, a CPU with AVX-512, the kernel
+    built, and ``DRCONV_CPU_KERNEL`` not ``0``."""
+    return (x.device.type == 'cpu' and x.dtype == torch.float32
+            and os.environ.get(SWITCH, '1') != '0'
+            and torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+            and library() is not None)
+
+
+def channels_last_rows(t: Tensor, name: str, threads: int) -> Tensor:
+    """``t`` (B, C, H, W) as a contiguous (B, H, W, C) tensor: a view when ``t`` is laid out so,
+    else a copy into the scratch buffer ``name``, transposed here (4x faster than torch's)."""
+    rows = t.permute(0, 2, 3, 1)
+    if rows.is_contiguous():
+        return rows
+    t = t.contiguous()
+    rows = scratch(name, t.numel(), t).view(rows.shape)
+    library().drconv_transpose_f32(t.data_ptr(), rows.data_ptr(), t.shape[0], t.shape[1],
+                                   t.shape[2] * t.shape[3], threads)
+    return rows
+
+
+def sort_by_group(region: Tensor, regions: int) -> Tuple[Tensor, Tensor]:
+    """A counting sort of the pixels of ``region`` (Tensor[B, L]) by group ``b * m + region``,
+    stable: ``order`` (Tensor[B * L], flat pixels) and ``starts`` (Tensor[B * m + 1], offsets)."""
+    b, l = region.shape
+    order = torch.empty(b * l, dtype=torch.int64)
+    starts = torch.empty(b * regions + 1, dtype=torch.int64)
+    region = region.contiguous()  # kept referenced: the kernels get raw pointers
+    if library().drconv_sort_by_group(region.data_ptr(), b, l, regions, order.data_ptr(),
+                                      starts.data_ptr()):
+        raise MemoryError(f'region_conv: no memory to sort {b} x {regions} groups')
+    return order, starts
+
+
+def shape_of(x: Tensor, filters: Tensor, out_size: Tuple[int, int], geo: Geometry) -> Tensor:
+    """The kernels' geometry argument."""
+    b, c_in, h, w = x.shape
+    m, c_out = filters.shape[1:3]
+    return torch.tensor([b, m, c_in, h, w, c_out, *out_size, *geo.kernel, *geo.stride,
+                         *geo.padding, *geo.dilation], dtype=torch.int64)
+
+
+def check(status: int, what: str, geo: Geometry, c_in: int) -> None:
+    if status:
+        raise MemoryError(f'region_conv: the CPU kernel ({what}) could not allocate its buffers '
+                          f'({geo.kernel[0] * geo.kernel[1] * c_in} x 64 floats per thread)')
+
+
+def from_channels_last_rows(rows: Tensor, like: Tensor, threads: int) -> Tensor:
+    """``rows`` (B, H, W, C) as a (B, C, H, W) tensor in the memory format of ``like``: a view
+    when ``like`` is channels-last, else an NCHW copy."""
+    if channels_last(like):
+        return rows.permute(0, 3, 1, 2)
+    b, h, w, c = rows.shape
+    out = rows.new_empty(b, c, h, w)
+    library().drconv_transpose_f32(rows.data_ptr(), out.data_ptr(), b, h * w, c, threads)
+    return out
+
+
+def forward(x: Tensor, filters: Tensor, region: Tensor, out_size: Tuple[int, int],
+            geo: Geometry) -> Tensor:
+    """Selected-filter convolution with the kernel.
+
+    Args:
+        x (Tensor[B, C_in, H, W]): input, float32 on CPU, any memory format.
+        filters (Tensor[B, m, C_out, K]): region filters, K ordered (kh, kw, C_in).
+        region (Tensor[B, L]): region of each output pixel, L = H_out * W_out.
+        out_size (Tuple[int, int]): (H_out, W_out).
+        geo (Geometry): kernel, stride, padding, dilation.
+
+    Returns:
+        Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
+    """
+    threads = torch.get_num_threads()
+    b, c_in = x.shape[:2]
+    m, c_out = filters.shape[1:3]
+    x_rows = channels_last_rows(x, 'input_rows', threads)
+    filters = filters.contiguous()
+    order, starts = sort_by_group(region, m)
+    # the output itself when channels-last, else rows transposed at the end: faster than
+    # storing each result to its NCHW place
+    out_rows = (torch.empty(b, *out_size, c_out) if channels_last(x) else
+                scratch('result_rows', b * out_size[0] * out_size[1] * c_out, x)
+                .view(b, *out_size, c_out))
+    shape = shape_of(x, filters, out_size, geo)
+    check(library().drconv_region_forward_f32(
+        x_rows.data_ptr(), filters.data_ptr(), order.data_ptr(), starts.data_ptr(),
+        out_rows.data_ptr(), shape.data_ptr(), threads), 'forward', geo, c_in)
+    return from_channels_last_rows(out_rows, x, threads)
+
+
+def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, geo: Geometry,
+             need_input: bool, need_filters: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The gradients of x and of the filters with the kernels (the guide's are not done here).
+
+    Args:
+        grad_out (Tensor[B, C_out, H_out, W_out]): gradient of the output.
+        x, filters, region, geo: as in :func:`forward`.
+        need_input, need_filters (bool): whether to compute those gradients.
+
+    Returns:
+        (grad_x, grad_filters): Tensor[B, C_in, H, W] in the memory format of x and
+        Tensor[B, m, C_out, K], or None each.
+    """
+    threads = torch.get_num_threads()
+    b, c_in, h, w = x.shape
+    m, c_out = filters.shape[1:3]
+    lib = library()
+    grad_rows = channels_last_rows(grad_out, 'grad_rows', threads)
+    filters = filters.contiguous()
+    order, starts = sort_by_group(region, m)
+    shape = shape_of(x, filters, tuple(grad_out.shape[2:]), geo)
+    grad_x = grad_filters = None
+    if need_filters:
+        x_rows = channels_last_rows(x, 'input_rows', threads)
+        grad_filters = torch.empty_like(filters)
+        check(lib.drconv_region_filter_grad_f32(
+            x_rows.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
+            grad_filters.data_ptr(), shape.data_ptr(), threads), 'filter gradient', geo, c_in)
+    if need_input:
+        grad_x = (torch.zeros(b, h, w, c_in) if channels_last(x) else
+                  scratch('result_rows', x.numel(), x).view(b, h, w, c_in).zero_())
+        check(lib.drconv_region_input_grad_f32(
+            filters.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
+            grad_x.data_ptr(), shape.data_ptr(), threads), 'input gradient', geo, c_in)
+        grad_x = from_channels_last_rows(grad_x, x, threads)
+    return grad_x, grad_filters
