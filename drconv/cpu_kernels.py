@@ -73,17 +73,17 @@ def build(compiler: str, folder: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
-    """The built kernel, or None (with a warning) when it cannot be built or loaded."""
+    """The built kernels, or None (with a warning) when they cannot be built or loaded."""
     compiler = os.environ.get('CXX', 'c++')
     try:
         lib = ctypes.CDLL(build(compiler, cache_dir()))
     except subprocess.CalledProcessError as e:
         warnings.warn(f'drconv: building {SOURCE} with {compiler} failed, so region_conv runs '
-                      f'its PyTorch forward on CPU:\n{e.stderr}')
+                      f'its PyTorch path on CPU:\n{e.stderr}')
         return None
     except OSError as e:
         warnings.warn(f'drconv: could not build or load {SOURCE} with {compiler} ({e}), so '
-                      'region_conv runs its PyTorch forward on CPU')
+                      'region_conv runs its PyTorch path on CPU')
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     lib.drconv_region_forward_f32.argtypes = [pointer] * 6 + [ctypes.c_int]
@@ -96,7 +96,7 @@ def library() -> Optional[ctypes.CDLL]:
 
 
 def is_available(x: Tensor) -> bool:
-    """Whether the kernel runs on ``x``: a float32 CPU tensor, a CPU with AVX-512, the kernel
+    """Whether the kernels run on ``x``: a float32 CPU tensor, a CPU with AVX-512, the kernels
     built, and ``DRCONV_CPU_KERNEL`` not ``0``."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32
             and os.environ.get(SWITCH, '1') != '0'
@@ -139,14 +139,16 @@ def shape_of(x: Tensor, filters: Tensor, out_size: Tuple[int, int], geo: Geometr
 
 
 def check(status: int, what: str, geo: Geometry, c_in: int) -> None:
+    """Raise MemoryError when a kernel returned non-zero: its per-thread buffers (up to
+    K x 64 floats) could not be allocated."""
     if status:
         raise MemoryError(f'region_conv: the CPU kernel ({what}) could not allocate its buffers '
-                          f'({geo.kernel[0] * geo.kernel[1] * c_in} x 64 floats per thread)')
+                          f'(up to {geo.kernel[0] * geo.kernel[1] * c_in} x 64 floats per thread)')
 
 
 def from_channels_last_rows(rows: Tensor, like: Tensor, threads: int) -> Tensor:
     """``rows`` (B, H, W, C) as a (B, C, H, W) tensor in the memory format of ``like``: a view
-    when ``like`` is channels-last, else an NCHW copy."""
+    when ``like`` is channels-last (so then ``rows`` must not be scratch), else an NCHW copy."""
     if channels_last(like):
         return rows.permute(0, 3, 1, 2)
     b, h, w, c = rows.shape
@@ -172,7 +174,9 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, out_size: Tuple[int, int
     threads = torch.get_num_threads()
     b, c_in = x.shape[:2]
     m, c_out = filters.shape[1:3]
-    x_rows = channels_last_rows(x, 'input_rows', threads)
+    # in the scratch the PyTorch backward gathers patches into, not in one of its own: a 1x1
+    # layer's backward, which reads x's columns, would otherwise keep 4 MiB more at the target
+    x_rows = channels_last_rows(x, 'patches', threads)
     filters = filters.contiguous()
     order, starts = sort_by_group(region, m)
     # the output itself when channels-last, else rows transposed at the end: faster than

@@ -132,11 +132,12 @@ class RegionConvFunction(torch.autograd.Function):
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         zero_row = any(ctx.geo.padding)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
-        # the CPU kernels for x and the filters, the PyTorch path for the scores; but with
-        # K <= C_out (1x1) the exact scores come from every region's patch gradient, which
-        # holds x's (region_gemm.scores_via_patch_grads): the PyTorch path does it all then
-        kernels = (cpu_kernels.is_available(x)
-                   and not (scores_of == 'all' and filters.shape[-1] <= c_out))
+        # the CPU kernels for x and the filters, the PyTorch path for the exact scores; but
+        # where the scores it computes hold x's patch gradient anyway (the selected region's
+        # for 'top2'; every region's when K <= C_out, region_gemm.scores_via_patch_grads), the
+        # PyTorch path does it all (as fast, and without the kernels' buffers besides)
+        kernels = cpu_kernels.is_available(x) and (
+            scores_of is None or (scores_of == 'all' and filters.shape[-1] > c_out))
         if kernels:
             grad_x, grad_filters = cpu_kernels.backward(grad_out, x, filters, region, ctx.geo,
                                                         need_x, need_w)

@@ -175,7 +175,8 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, layout: RowLayout, in
     # scratch shared with the forward ('result_rows': the rows a result is assembled in, the
     # output there, x's gradient here; 'span_out') is never in use by both at once
     grad_buffer = scratch('span_out', grads_of.buffer_numel(n), x)
-    grad_patches_buffer = scratch('grad_patches', k * (n + COLUMN_PAD), x)
+    grad_patches_buffer = (scratch('grad_patches', k * (n + COLUMN_PAD), x)
+                           if need_input or scores_of == 'selected' else None)
     step = min(RESPONSE_ROWS, max_rows)  # all-region responses, RESPONSE_ROWS rows at a time
     if scores_of == 'all' and k <= c_out:  # for scores_via_patch_grads (region_scores: oneDNN's)
         responses_buffer = scratch('responses', step * m * k, x)
@@ -205,7 +206,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, layout: RowLayout, in
                 else:
                     region_scores(patches[a:z], grad[a:z], filters[sample].view(m * c_out, k),
                                   scores[span.lo + a:span.lo + z])
-        if not done:
+        if not done and (need_input or need_filters or scores_of == 'selected'):
             backward_span(span, sample, patches, grad, flat_filters, patches_of,
                           grad_patches_buffer, via_patch_grads, grad_x, grad_filters,
                           scores if scores_of == 'selected' else None)
@@ -233,16 +234,18 @@ def backward_span(span: Span, sample: int, patches: Tensor, grad: Tensor, flat_f
         patches, grad (Tensor[n, K], Tensor[n, C_out]): their patches and output gradient.
         flat_filters (Tensor[B * m, C_out, K]): per-sample region filters.
         patches_of (Patches): x at the sorted rows' taps.
-        grad_patches_buffer (Tensor): scratch of at least K * (n + COLUMN_PAD) elements, for
-            the patches' gradient (:func:`patch_grads`); ``have_grad_patches``: it holds them
-            already (:func:`scores_via_patch_grads`).
+        grad_patches_buffer (Tensor or None): scratch of at least K * (n + COLUMN_PAD)
+            elements, for the patches' gradient (:func:`patch_grads`; None when neither x's
+            gradient nor the selected scores are asked for); ``have_grad_patches``: it holds
+            them already (:func:`scores_via_patch_grads`).
         grad_x, grad_filters: as :func:`backward` fills them (None: not asked), the gradient
             of x as (B, C_in, H * W) (columns) or rows (B * P, C_in), the filters' as
             (B * m, C_out, K), zeroed, the groups' gradients added to it.
         selected_scores (Tensor or None): the selected region's scores, (B * L), sorted rows.
     """
     n, k = patches.shape
-    grad_patches = patch_grads(grad_patches_buffer, patches_of.per_sample, n, k)
+    grad_patches = (patch_grads(grad_patches_buffer, patches_of.per_sample, n, k)
+                    if grad_x is not None or selected_scores is not None else None)
     for g, lo, hi in span.segments:
         if grad_filters is not None:
             grad_filters[g].addmm_(grad[lo:hi].t(), patches[lo:hi])

@@ -199,11 +199,12 @@ struct InputGradTile {
   }
 };
 
-// dst[q * BLOCK + c] = rows[q][c] for c < width, zero up to BLOCK (rows[q] null: all zero).
-void pack_block(const float* const* rows, int64_t n, int64_t width, float* dst) {
+// dst[q * BLOCK + c] = rows[q][first + c] for c < width, zero up to BLOCK (rows[q] null: all
+// zero).
+void pack_block(const float* const* rows, int64_t n, int64_t first, int64_t width, float* dst) {
   const __mmask16 low = lanes(width), high = lanes(width - 16);
   for (int64_t q = 0; q < n; ++q, dst += BLOCK) {
-    const float* row = rows[q];
+    const float* row = rows[q] ? rows[q] + first : nullptr;
     _mm512_store_ps(dst, row ? _mm512_maskz_loadu_ps(low, row) : _mm512_setzero_ps());
     const bool second = row && width > 16;
     _mm512_store_ps(dst + 16,
@@ -285,11 +286,7 @@ extern "C" int drconv_region_filter_grad_f32(const float* x, const float* grad_r
           taps[q] = tap_of(g, x, order[lo + q], tap / g.kw, tap % g.kw);
         for (int64_t first = 0; first < g.c_in; first += BLOCK) {
           const int64_t width = min(g.c_in - first, BLOCK);
-          for (int64_t q = 0; q < n; ++q)
-            if (taps[q]) taps[q] += first;
-          pack_block(taps, n, width, patches);
-          for (int64_t q = 0; q < n; ++q)
-            if (taps[q]) taps[q] -= first;
+          pack_block(taps, n, first, width, patches);
           float* out = grad_filters + group * g.c_out * K + tap * g.c_in + first;
           for (int64_t j0 = 0; j0 < g.c_out; j0 += BLOCK_ROWS)
             dispatch<FilterGradTile, BLOCK_ROWS>(static_cast<int>(min(g.c_out - j0, BLOCK_ROWS)),
@@ -328,8 +325,8 @@ extern "C" int drconv_region_input_grad_f32(const float* filters, const float* g
         if (lo == hi) continue;
         for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
           for (int64_t c = 0; c < g.c_out; ++c)
-            filter_rows[c] = filters + (group * g.c_out + c) * K + tap * g.c_in + first;
-          pack_block(filter_rows, g.c_out, width, weights);
+            filter_rows[c] = filters + (group * g.c_out + c) * K + tap * g.c_in;
+          pack_block(filter_rows, g.c_out, first, width, weights);
           for (int64_t row = lo; row < hi; row += BLOCK_ROWS)
             dispatch<InputGradTile, BLOCK_ROWS>(static_cast<int>(min(hi - row, BLOCK_ROWS)),
                                                 width, g, grad_rows, weights, order + row,
