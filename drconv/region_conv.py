@@ -136,7 +136,7 @@ class RegionConvFunction(torch.autograd.Function):
         # where the scores it computes hold x's patch gradient anyway (the selected region's
         # for 'top2'; every region's when K <= C_out, region_gemm.scores_via_patch_grads), the
         # PyTorch path does it all (as fast, and without the kernels' buffers besides)
-        kernels = cpu_kernels.is_available(x) and (
+        kernels = (need_x or need_w) and cpu_kernels.is_available(x) and (
             scores_of is None or (scores_of == 'all' and filters.shape[-1] > c_out))
         if kernels:
             grad_x, grad_filters = cpu_kernels.backward(grad_out, x, filters, region, ctx.geo,

@@ -28,8 +28,10 @@ constexpr int MAX_ROWS = 6;           // pixels per tile
 constexpr int VECTORS = 4;            // 16-float vectors per panel row
 constexpr int PANEL = 16 * VECTORS;   // output channels per work item
 
-// Lanes of the vector holding elements left.. of a row: all 16, or the first `left`.
-inline __mmask16 lanes(int64_t left) { return left >= 16 ? 0xffff : (1u << left) - 1; }
+// Lanes of the next vector of a row with `left` elements left: all 16, the first `left`, or none.
+inline __mmask16 lanes(int64_t left) {
+  return left >= 16 ? 0xffff : left > 0 ? (1u << left) - 1 : 0;
+}
 
 // Channel 0 of tap (i, j) of sorted row `row` (flat output pixel b * L + p) in a channels-last
 // tensor of x's geometry, or nullptr when the tap falls in the padding.

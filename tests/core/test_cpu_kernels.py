@@ -107,6 +107,17 @@ def test_backward_kernels_match_reference(monkeypatch, case, layout, guide_grad)
 
 
 @needs_kernel
+def test_guide_gradient_alone(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, 'backward', None)  # nothing for the kernels to do
+    x, weight, guide = make_inputs(2, 24, 20, (7, 6), 3, 1, 1, 1, 4)
+    got, want = guide.clone().requires_grad_(), guide.double().requires_grad_()
+    grad_out = torch.randn(2, 20, 7, 6, generator=torch.Generator().manual_seed(1))
+    region_conv(x, weight, got, padding=1).backward(grad_out)
+    region_conv_dense(x.double(), weight.double(), want, padding=1).backward(grad_out.double())
+    torch.testing.assert_close(got.grad, want.grad.float(), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
 def test_switch_and_other_dtypes_run_the_pytorch_path(monkeypatch):
     calls = []
     forward = region_gemm.forward
