@@ -92,6 +92,7 @@ def library() -> Optional[ctypes.CDLL]:
     lib.drconv_sort_by_group.argtypes = [pointer, size, size, size, pointer, pointer]
     for kernel in (lib.drconv_region_filter_grad_f32, lib.drconv_region_input_grad_f32):
         kernel.argtypes = [pointer] * 6 + [ctypes.c_int]
+    lib.drconv_region_scores_f32.argtypes = [pointer] * 8 + [ctypes.c_int]
     return lib
 
 
@@ -192,29 +193,31 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, out_size: Tuple[int, int
 
 
 def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, geo: Geometry,
-             need_input: bool, need_filters: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """The gradients of x and of the filters with the kernels (the guide's are not done here).
+             need_input: bool, need_filters: bool, need_scores: bool
+             ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The gradients of x and of the filters, and every region's scores, with the kernels.
 
     Args:
         grad_out (Tensor[B, C_out, H_out, W_out]): gradient of the output.
         x, filters, region, geo: as in :func:`forward`.
-        need_input, need_filters (bool): whether to compute those gradients.
+        need_input, need_filters, need_scores (bool): whether to compute those.
 
     Returns:
-        (grad_x, grad_filters): Tensor[B, C_in, H, W] in the memory format of x and
-        Tensor[B, m, C_out, K], or None each.
+        (grad_x, grad_filters, scores): Tensor[B, C_in, H, W] in the memory format of x,
+        Tensor[B, m, C_out, K] and Tensor[B, L, m], or None each. ``scores[b, p, j]`` is
+        <dL/dy_p, (W[b, j] * x)_p>, what the exact guide gradient is made of.
     """
     threads = torch.get_num_threads()
     b, c_in, h, w = x.shape
     m, c_out = filters.shape[1:3]
     lib = library()
     grad_rows = channels_last_rows(grad_out, 'grad_rows', threads)
+    x_rows = channels_last_rows(x, 'input_rows', threads) if need_filters or need_scores else None
     filters = filters.contiguous()
     order, starts = sort_by_group(region, m)
     shape = shape_of(x, filters, tuple(grad_out.shape[2:]), geo)
-    grad_x = grad_filters = None
+    grad_x = grad_filters = scores = None
     if need_filters:
-        x_rows = channels_last_rows(x, 'input_rows', threads)
         grad_filters = torch.empty_like(filters)
         check(lib.drconv_region_filter_grad_f32(
             x_rows.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
@@ -222,8 +225,19 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, geo: 
     if need_input:
         grad_x = (torch.zeros(b, h, w, c_in) if channels_last(x) else
                   scratch('result_rows', x.numel(), x).view(b, h, w, c_in).zero_())
+    # a 1x1 kernel's scores hold x's gradient: no two pixels share an input pixel there
+    fused_x = need_scores and need_input and geo.kernel == (1, 1)
+    if need_scores:
+        scores = x.new_zeros(order.numel(), m)
+        check(lib.drconv_region_scores_f32(
+            x_rows.data_ptr(), filters.data_ptr(), grad_rows.data_ptr(), order.data_ptr(),
+            starts.data_ptr(), scores.data_ptr(), grad_x.data_ptr() if fused_x else None,
+            shape.data_ptr(), threads), 'scores', geo, c_in)
+        scores = scores.view(b, -1, m)
+    if need_input and not fused_x:
         check(lib.drconv_region_input_grad_f32(
             filters.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
             grad_x.data_ptr(), shape.data_ptr(), threads), 'input gradient', geo, c_in)
+    if need_input:
         grad_x = from_channels_last_rows(grad_x, x, threads)
-    return grad_x, grad_filters
+    return grad_x, grad_filters, scores

@@ -95,7 +95,7 @@ class RegionConvFunction(torch.autograd.Function):
 
     Forward: a fused kernel when one runs on the input (Triton on CUDA, :mod:`drconv.cpu_kernels`
     for float32 on an AVX-512 CPU), else the sorted-rows GEMMs of :mod:`drconv.region_gemm`;
-    backward: the CPU kernels for x and the filters where they run, those GEMMs for the rest.
+    backward: the CPU kernels where they run (see :meth:`backward`), those GEMMs for the rest.
     """
 
     @staticmethod
@@ -132,16 +132,17 @@ class RegionConvFunction(torch.autograd.Function):
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         zero_row = any(ctx.geo.padding)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
-        # the CPU kernels for x and the filters, the PyTorch path for the exact scores; but
-        # where the scores it computes hold x's patch gradient anyway (the selected region's
-        # for 'top2'; every region's when K <= C_out, region_gemm.scores_via_patch_grads), the
-        # PyTorch path does it all (as fast, and without the kernels' buffers besides)
-        kernels = (need_x or need_w) and cpu_kernels.is_available(x) and (
-            scores_of is None or (scores_of == 'all' and filters.shape[-1] > c_out))
-        if kernels:
-            grad_x, grad_filters = cpu_kernels.backward(grad_out, x, filters, region, ctx.geo,
-                                                        need_x, need_w)
-        if scores_of is not None or not kernels:
+        # the CPU kernels for x and the filters, and for the exact scores where K <= C_out
+        # (1x1 layers; with larger K, oneDNN's GEMMs in region_gemm are faster: 113 vs 131 ms at
+        # the 3x3 target). 'top2' stays on the PyTorch path: its selected scores come with x's
+        # patch gradient there.
+        kernels = cpu_kernels.is_available(x) and scores_of != 'selected'
+        kernel_scores = kernels and scores_of == 'all' and filters.shape[-1] <= c_out
+        grad_x = grad_filters = scores = None
+        if kernels and (need_x or need_w or kernel_scores):
+            grad_x, grad_filters, scores = cpu_kernels.backward(
+                grad_out, x, filters, region, ctx.geo, need_x, need_w, kernel_scores)
+        if not kernels or (scores_of is not None and not kernel_scores):
             layout = ctx.layout or row_layout(region, m, filters.shape[-1])
             pytorch_x, pytorch_w, scores = region_gemm.backward(
                 grad_out, x, filters, layout, index, zero_row, need_x and not kernels,

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <algorithm>
+
 namespace {
 
 // Layer geometry, in the order `shape` passes it.
@@ -167,36 +169,76 @@ struct FilterGradTile {
   }
 };
 
+// Patch gradient: `acc` = the ROWS sorted pixels' output gradient (rows of grad_rows) times the
+// packed block of one tap's `width` input channels of a group's filters (`weights`:
+// (C_out, BLOCK)), the pixels' patch gradient at those channels.
+template <int ROWS, int V>
+inline void patch_grad(const Geometry& g, const float* grad_rows, const float* weights,
+                       const int64_t* rows, __m512 (&acc)[ROWS][V]) {
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  const float* grads[ROWS];
+  for (int r = 0; r < ROWS; ++r) grads[r] = grad_rows + rows[r] * g.c_out;
+  for (int64_t c = 0; c < g.c_out; ++c) {
+    __m512 wv[V];
+    for (int v = 0; v < V; ++v) wv[v] = _mm512_load_ps(weights + c * BLOCK + 16 * v);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 gv = _mm512_set1_ps(grads[r][c]);
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(gv, wv[v], acc[r][v]);
+    }
+  }
+}
+
+// t[0 .. width) += sum.
+template <int V>
+inline void add_to(float* t, const __m512 (&sum)[V], int64_t width) {
+  for (int v = 0; v < V; ++v) {
+    const __mmask16 m = lanes(width - 16 * v);
+    const __m512 now = _mm512_maskz_loadu_ps(m, t + 16 * v);
+    _mm512_mask_storeu_ps(t + 16 * v, m, _mm512_add_ps(now, sum[v]));
+  }
+}
+
 // Input gradient: `width` input channels (from `first`) of tap (i, j) of the ROWS sorted pixels
-// `rows`: their output gradient times their group's filters (`weights`: (C_out, BLOCK) packed),
-// added to grad_x (B, H, W, C_in).
+// `rows`, their patch gradient (patch_grad), added to grad_x (B, H, W, C_in).
 template <int ROWS, int V>
 struct InputGradTile {
   static void run(const Geometry& g, const float* grad_rows, const float* weights,
                   const int64_t* rows, float* grad_x, int64_t i, int64_t j, int64_t first,
                   int64_t width) {
     __m512 acc[ROWS][V];
-    for (int r = 0; r < ROWS; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
-    const float* grads[ROWS];
-    for (int r = 0; r < ROWS; ++r) grads[r] = grad_rows + rows[r] * g.c_out;
-    for (int64_t c = 0; c < g.c_out; ++c) {
-      __m512 wv[V];
-      for (int v = 0; v < V; ++v) wv[v] = _mm512_load_ps(weights + c * BLOCK + 16 * v);
-      for (int r = 0; r < ROWS; ++r) {
-        const __m512 gv = _mm512_set1_ps(grads[r][c]);
-        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(gv, wv[v], acc[r][v]);
-      }
-    }
+    patch_grad(g, grad_rows, weights, rows, acc);
     for (int r = 0; r < ROWS; ++r) {
       float* t = tap_of(g, grad_x, rows[r], i, j);
+      if (t) add_to(t + first, acc[r], width);
+    }
+  }
+};
+
+// Region scores: for the ROWS sorted pixels `rows` and one region, the part of
+// s = <output gradient, region's response> = <patch gradient, patch> from `width` input channels
+// (from `first`) of tap (i, j), added to scores[row * m + region]. The region's filters are packed
+// in `weights` as for patch_grad. Rows selected_from .. selected_to of the tile belong to the
+// region: with grad_x (1x1 kernels, where no two pixels share an input pixel), their patch
+// gradient, x's, is added to it.
+template <int ROWS, int V>
+struct ScoreTile {
+  static void run(const Geometry& g, const float* x, const float* grad_rows, const float* weights,
+                  const int64_t* rows, int64_t i, int64_t j, int64_t first, int64_t width,
+                  float* scores, int64_t region, int selected_from, int selected_to,
+                  float* grad_x) {
+    __m512 acc[ROWS][V];
+    patch_grad(g, grad_rows, weights, rows, acc);
+    for (int r = 0; r < ROWS; ++r) {
+      const float* t = tap_of(g, x, rows[r], i, j);
       if (!t) continue;
-      t += first;
-      for (int v = 0; v < V; ++v) {
-        const __mmask16 m = lanes(width - 16 * v);
-        _mm512_mask_storeu_ps(t + 16 * v, m,
-                              _mm512_add_ps(_mm512_maskz_loadu_ps(m, t + 16 * v), acc[r][v]));
-      }
+      __m512 dot = _mm512_setzero_ps();
+      for (int v = 0; v < V; ++v)
+        dot = _mm512_fmadd_ps(acc[r][v], _mm512_maskz_loadu_ps(lanes(width - 16 * v),
+                                                                t + first + 16 * v), dot);
+      scores[rows[r] * g.regions + region] += _mm512_reduce_add_ps(dot);
+      if (grad_x && r >= selected_from && r < selected_to)
+        add_to(grad_x + (t - x) + first, acc[r], width);
     }
   }
 };
@@ -333,6 +375,50 @@ extern "C" int drconv_region_input_grad_f32(const float* filters, const float* g
             dispatch<InputGradTile, BLOCK_ROWS>(static_cast<int>(min(hi - row, BLOCK_ROWS)),
                                                 width, g, grad_rows, weights, order + row,
                                                 grad_x, tap / g.kw, tap % g.kw, first, width);
+        }
+      }
+    }
+    free(weights);
+    free(filter_rows);
+  }
+  return failed;
+}
+
+// scores (B * L, m, zeroed by the caller) += every region's score at every pixel,
+// <output gradient, region's response>; with grad_x (zeroed; 1x1 kernels only), also x's
+// gradient. One work item is a sample and a region.
+extern "C" int drconv_region_scores_f32(const float* x, const float* filters,
+                                        const float* grad_rows, const int64_t* order,
+                                        const int64_t* starts, float* scores, float* grad_x,
+                                        const int64_t* shape, int threads) {
+  const Geometry g = geometry(shape);
+  const int64_t K = g.kh * g.kw * g.c_in;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+  {
+    float* weights = static_cast<float*>(aligned_alloc(64, g.c_out * BLOCK * sizeof(float)));
+    const float** filter_rows = static_cast<const float**>(malloc(g.c_out * sizeof(float*)));
+    failed = !weights || !filter_rows;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t group = 0; group < g.batch * g.regions; ++group) {
+      if (failed) continue;
+      const int64_t sample = group / g.regions, region = group % g.regions;
+      const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
+      const int64_t mine_lo = starts[group], mine_hi = starts[group + 1];
+      for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+        for (int64_t first = 0; first < g.c_in; first += BLOCK) {
+          const int64_t width = min(g.c_in - first, BLOCK);
+          for (int64_t c = 0; c < g.c_out; ++c)
+            filter_rows[c] = filters + (group * g.c_out + c) * K + tap * g.c_in;
+          pack_block(filter_rows, g.c_out, first, width, weights);
+          for (int64_t row = lo; row < hi; row += BLOCK_ROWS) {
+            const int rows = static_cast<int>(min(hi - row, BLOCK_ROWS));
+            const int from = static_cast<int>(std::clamp<int64_t>(mine_lo - row, 0, rows));
+            const int to = static_cast<int>(std::clamp<int64_t>(mine_hi - row, 0, rows));
+            dispatch<ScoreTile, BLOCK_ROWS>(rows, width, g, x, grad_rows, weights, order + row,
+                                            tap / g.kw, tap % g.kw, first, width, scores,
+                                            region, from, to, grad_x);
+          }
         }
       }
     }
