@@ -256,6 +256,29 @@ void pack_block(const float* const* rows, int64_t n, int64_t first, int64_t widt
   }
 }
 
+// A thread's packed block of a group's filters: (C_out, BLOCK), one tap's `width` input
+// channels from `first`, as patch_grad reads them.
+struct FilterBlock {
+  const Geometry& g;
+  float* weights;
+  const float** rows;
+  explicit FilterBlock(const Geometry& geometry)
+      : g(geometry),
+        weights(static_cast<float*>(aligned_alloc(64, g.c_out * BLOCK * sizeof(float)))),
+        rows(static_cast<const float**>(malloc(g.c_out * sizeof(float*)))) {}
+  ~FilterBlock() {
+    free(weights);
+    free(rows);
+  }
+  bool allocated() const { return weights && rows; }
+  void pack(const float* filters, int64_t group, int64_t tap, int64_t first, int64_t width) {
+    const int64_t K = g.kh * g.kw * g.c_in;
+    for (int64_t c = 0; c < g.c_out; ++c)
+      rows[c] = filters + (group * g.c_out + c) * K + tap * g.c_in;
+    pack_block(rows, g.c_out, first, width, weights);
+  }
+};
+
 Geometry geometry(const int64_t* shape) {
   return Geometry{shape[0], shape[1], shape[2],  shape[3],  shape[4],  shape[5],
                   shape[6], shape[7], shape[8],  shape[9],  shape[10], shape[11],
@@ -352,13 +375,12 @@ extern "C" int drconv_region_input_grad_f32(const float* filters, const float* g
                                             const int64_t* order, const int64_t* starts,
                                             float* grad_x, const int64_t* shape, int threads) {
   const Geometry g = geometry(shape);
-  const int64_t K = g.kh * g.kw * g.c_in, blocks = (g.c_in + BLOCK - 1) / BLOCK;
+  const int64_t blocks = (g.c_in + BLOCK - 1) / BLOCK;
   int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
-    float* weights = static_cast<float*>(aligned_alloc(64, g.c_out * BLOCK * sizeof(float)));
-    const float** filter_rows = static_cast<const float**>(malloc(g.c_out * sizeof(float*)));
-    failed = !weights || !filter_rows;
+    FilterBlock block(g);
+    failed = !block.allocated();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < g.batch * blocks; ++item) {
       if (failed) continue;
@@ -368,18 +390,14 @@ extern "C" int drconv_region_input_grad_f32(const float* filters, const float* g
         const int64_t lo = starts[group], hi = starts[group + 1];
         if (lo == hi) continue;
         for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
-          for (int64_t c = 0; c < g.c_out; ++c)
-            filter_rows[c] = filters + (group * g.c_out + c) * K + tap * g.c_in;
-          pack_block(filter_rows, g.c_out, first, width, weights);
+          block.pack(filters, group, tap, first, width);
           for (int64_t row = lo; row < hi; row += BLOCK_ROWS)
             dispatch<InputGradTile, BLOCK_ROWS>(static_cast<int>(min(hi - row, BLOCK_ROWS)),
-                                                width, g, grad_rows, weights, order + row,
+                                                width, g, grad_rows, block.weights, order + row,
                                                 grad_x, tap / g.kw, tap % g.kw, first, width);
         }
       }
     }
-    free(weights);
-    free(filter_rows);
   }
   return failed;
 }
@@ -392,13 +410,11 @@ extern "C" int drconv_region_scores_f32(const float* x, const float* filters,
                                         const int64_t* starts, float* scores, float* grad_x,
                                         const int64_t* shape, int threads) {
   const Geometry g = geometry(shape);
-  const int64_t K = g.kh * g.kw * g.c_in;
   int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
-    float* weights = static_cast<float*>(aligned_alloc(64, g.c_out * BLOCK * sizeof(float)));
-    const float** filter_rows = static_cast<const float**>(malloc(g.c_out * sizeof(float*)));
-    failed = !weights || !filter_rows;
+    FilterBlock block(g);
+    failed = !block.allocated();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t group = 0; group < g.batch * g.regions; ++group) {
       if (failed) continue;
@@ -408,22 +424,18 @@ extern "C" int drconv_region_scores_f32(const float* x, const float* filters,
       for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
         for (int64_t first = 0; first < g.c_in; first += BLOCK) {
           const int64_t width = min(g.c_in - first, BLOCK);
-          for (int64_t c = 0; c < g.c_out; ++c)
-            filter_rows[c] = filters + (group * g.c_out + c) * K + tap * g.c_in;
-          pack_block(filter_rows, g.c_out, first, width, weights);
+          block.pack(filters, group, tap, first, width);
           for (int64_t row = lo; row < hi; row += BLOCK_ROWS) {
             const int rows = static_cast<int>(min(hi - row, BLOCK_ROWS));
             const int from = static_cast<int>(std::clamp<int64_t>(mine_lo - row, 0, rows));
             const int to = static_cast<int>(std::clamp<int64_t>(mine_hi - row, 0, rows));
-            dispatch<ScoreTile, BLOCK_ROWS>(rows, width, g, x, grad_rows, weights, order + row,
-                                            tap / g.kw, tap % g.kw, first, width, scores,
-                                            region, from, to, grad_x);
+            dispatch<ScoreTile, BLOCK_ROWS>(rows, width, g, x, grad_rows, block.weights,
+                                            order + row, tap / g.kw, tap % g.kw, first, width,
+                                            scores, region, from, to, grad_x);
           }
         }
       }
     }
-    free(weights);
-    free(filter_rows);
   }
   return failed;
 }
