@@ -1,14 +1,18 @@
 """Fused AVX-512 CPU kernels of :func:`drconv.region_conv` (float32), used automatically.
 
-``csrc/region_conv_avx512.cpp`` holds the forward and the input and filter gradients, each
-reading the sorted pixels' k x k patches straight from the channels-last tensors while it
-multiplies (no im2col buffer, no padded copy, no zeroed filter gradient): the forward per
-(sample, region) group and 64 output channels, the filter gradient per group, the input
-gradient per sample and 32 input channels (so no two threads add to one element). The guide's
-scores stay with :mod:`drconv.region_gemm` (its all-region GEMMs go through oneDNN). On the
-target layer (8 x 128 x 32 x 32, m = 8, 3x3, 2 threads) the forward's products ran at
+``csrc/region_conv_avx512.cpp`` holds the forward, the input and filter gradients and every
+region's scores (what the exact guide gradient is made of), each reading the sorted pixels'
+k x k patches straight from the channels-last tensors while it multiplies (no im2col buffer,
+no padded copy, no zeroed filter gradient): the forward per (sample, region) group and 64
+output channels, the filter gradient per group, the input gradient per sample and 32 input
+channels (so no two threads add to one element), the scores per sample and region (each pixel's
+patch gradient for that region times its patch; for 1x1 kernels x's gradient comes with them).
+On the target layer (8 x 128 x 32 x 32, m = 8, 3x3, 2 threads) the forward's products ran at
 84 GMAC/s against 85 for ``F.conv2d`` of the same shape, the input and filter gradients at 67
-and 45 GMAC/s (18 and 27 ms, against 61 ms for both through the PyTorch path).
+and 45 GMAC/s (18 and 27 ms, against 61 ms for both through the PyTorch path; the filter
+gradient's time includes the page faults of its fresh 38 MB), the scores at 75 GMAC/s (131 ms,
+against 113 ms through oneDNN's GEMMs, which :func:`drconv.region_conv` therefore keeps where
+K > C_out; at the 1x1 target the kernels' backward took 18.0 ms against 20.7).
 
 It is plain C++ (no torch headers), compiled on first use with the system's C++ compiler
 (``CXX``, default ``c++``; about two seconds) into a cache folder (``DRCONV_CACHE_DIR``, default

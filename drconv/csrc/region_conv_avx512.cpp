@@ -13,6 +13,10 @@
 //   pixels' values are packed, then multiplied with the group's output gradient (transposed).
 // - Input gradient: one work item is a sample and 32 input channels; per group and tap the
 //   filters' block is packed, then each tile of pixels adds its gradient to its taps.
+// - Scores: one work item is a sample and a region; per tap and 32 input channels the region's
+//   filter block is packed, then every pixel's patch gradient for that region is multiplied
+//   with its patch and added to its score (and, for 1x1 kernels, to x's gradient where the
+//   region is the pixel's own).
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
