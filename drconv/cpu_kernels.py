@@ -5,14 +5,15 @@ region's scores (what the exact guide gradient is made of), each reading the sor
 k x k patches straight from the channels-last tensors while it multiplies (no im2col buffer,
 no padded copy, no zeroed filter gradient): the forward per (sample, region) group and 64
 output channels, the filter gradient per group, the input gradient per sample and 32 input
-channels (so no two threads add to one element), the scores per sample and region (each pixel's
-patch gradient for that region times its patch; for 1x1 kernels x's gradient comes with them).
-On the target layer (8 x 128 x 32 x 32, m = 8, 3x3, 2 threads) the forward's products ran at
-84 GMAC/s against 85 for ``F.conv2d`` of the same shape, the input and filter gradients at 67
-and 45 GMAC/s (18 and 27 ms, against 61 ms for both through the PyTorch path; the filter
-gradient's time includes the page faults of its fresh 38 MB), the scores at 75 GMAC/s (131 ms,
-against 113 ms through oneDNN's GEMMs, which :func:`drconv.region_conv` therefore keeps where
-K > C_out; at the 1x1 target the kernels' backward took 18.0 ms against 20.7).
+channels (so no two threads add to one element), the scores per sample and region (as each
+pixel's patch gradient for that region times its patch when K <= C_out, x's gradient coming
+with them for 1x1 kernels; else as its response times its output gradient). On the target
+layer (8 x 128 x 32 x 32, m = 8, 3x3, 2 threads) the forward's products ran at 84 GMAC/s
+against 85 for ``F.conv2d`` of the same shape, the input and filter gradients at 67 and
+45 GMAC/s (18 and 27 ms, against 61 ms for both through the PyTorch path; the filter
+gradient's time includes the page faults of its fresh 38 MB), the scores in 91 ms against
+106 ms through oneDNN's GEMMs and the PyTorch path's gathers; at the 1x1 target the scores took
+14.8 ms against 16.5.
 
 It is plain C++ (no torch headers), compiled on first use with the system's C++ compiler
 (``CXX``, default ``c++``; about two seconds) into a cache folder (``DRCONV_CACHE_DIR``, default
@@ -229,8 +230,10 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, geo: 
     if need_input:
         grad_x = (torch.zeros(b, h, w, c_in) if channels_last(x) else
                   scratch('result_rows', x.numel(), x).view(b, h, w, c_in).zero_())
-    # a 1x1 kernel's scores hold x's gradient: no two pixels share an input pixel there
-    fused_x = need_scores and need_input and geo.kernel == (1, 1)
+    # scores as patch gradients (K <= C_out) hold x's gradient, which a 1x1 kernel may add
+    # there: no two pixels share an input pixel
+    fused_x = (need_scores and need_input and geo.kernel == (1, 1)
+               and filters.shape[-1] <= c_out)
     if need_scores:
         scores = x.new_zeros(order.numel(), m)
         check(lib.drconv_region_scores_f32(

@@ -95,7 +95,7 @@ class RegionConvFunction(torch.autograd.Function):
 
     Forward: a fused kernel when one runs on the input (Triton on CUDA, :mod:`drconv.cpu_kernels`
     for float32 on an AVX-512 CPU), else the sorted-rows GEMMs of :mod:`drconv.region_gemm`;
-    backward: the CPU kernels where they run (see :meth:`backward`), those GEMMs for the rest.
+    backward: the CPU kernels where they run (but for ``'top2'``), else those GEMMs.
     """
 
     @staticmethod
@@ -132,23 +132,15 @@ class RegionConvFunction(torch.autograd.Function):
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         zero_row = any(ctx.geo.padding)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
-        # the CPU kernels for x and the filters, and for the exact scores where K <= C_out
-        # (1x1 layers; with larger K, oneDNN's GEMMs in region_gemm are faster: 113 vs 131 ms at
-        # the 3x3 target). 'top2' stays on the PyTorch path: its selected scores come with x's
-        # patch gradient there.
-        kernels = cpu_kernels.is_available(x) and scores_of != 'selected'
-        kernel_scores = kernels and scores_of == 'all' and filters.shape[-1] <= c_out
-        grad_x = grad_filters = scores = None
-        if kernels and (need_x or need_w or kernel_scores):
+        # the CPU kernels where they run, but for 'top2': its selected scores come with x's
+        # patch gradient on the PyTorch path
+        if cpu_kernels.is_available(x) and scores_of != 'selected':
             grad_x, grad_filters, scores = cpu_kernels.backward(
-                grad_out, x, filters, region, ctx.geo, need_x, need_w, kernel_scores)
-        if not kernels or (scores_of is not None and not kernel_scores):
+                grad_out, x, filters, region, ctx.geo, need_x, need_w, scores_of == 'all')
+        else:
             layout = ctx.layout or row_layout(region, m, filters.shape[-1])
-            pytorch_x, pytorch_w, scores = region_gemm.backward(
-                grad_out, x, filters, layout, index, zero_row, need_x and not kernels,
-                need_w and not kernels, scores_of)
-            if not kernels:
-                grad_x, grad_filters = pytorch_x, pytorch_w
+            grad_x, grad_filters, scores = region_gemm.backward(
+                grad_out, x, filters, layout, index, zero_row, need_x, need_w, scores_of)
         grad_w = grad_g = None
         if need_w:
             grad_w = grad_filters.view(b, m, c_out, *ctx.kernel, c_in).permute(0, 1, 2, 5, 3, 4)

@@ -99,20 +99,15 @@ def test_backward_kernels_match_reference(monkeypatch, case, layout, guide_grad)
         torch.testing.assert_close(g.grad, w.grad.float(), rtol=1e-4, atol=1e-4)
     assert got[0].grad.is_contiguous(memory_format=torch.channels_last) == (
         layout == 'channels_last')
-    # top2: all on the PyTorch path (then a second pass for scores only); exact: the kernels,
-    # but for the scores where K > C_out (oneDNN's GEMMs in the PyTorch path)
-    kh, kw = k if isinstance(k, tuple) else (k, k)
-    if guide_grad == 'top2':
+    if guide_grad == 'top2':  # on the PyTorch path (then a second pass for scores only)
         assert asked[0] == (True, True)
-    elif guide_grad == 'exact' and kh * kw * c_in > c_out:
-        assert asked == [(False, False)]
     else:
         assert not asked
 
 
 @needs_kernel
 def test_guide_gradient_alone(monkeypatch):
-    monkeypatch.setattr(cpu_kernels, 'backward', None)  # nothing for the kernels to do
+    monkeypatch.setattr(region_gemm, 'backward', None)  # the kernels' scores only
     x, weight, guide = make_inputs(2, 24, 20, (7, 6), 3, 1, 1, 1, 4)
     got, want = guide.clone().requires_grad_(), guide.double().requires_grad_()
     grad_out = torch.randn(2, 20, 7, 6, generator=torch.Generator().manual_seed(1))
