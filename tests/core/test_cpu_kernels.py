@@ -106,6 +106,19 @@ def test_backward_kernels_match_reference(monkeypatch, case, layout, guide_grad)
 
 
 @needs_kernel
+def test_kernels_repeat_exactly():  # each element summed by one thread in a fixed order
+    x, weight, guide = make_inputs(2, 40, 70, (9, 8), 3, 1, 1, 1, 4)
+    grad_out = torch.randn(2, 70, 9, 8, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (x, weight, guide)]
+        out = region_conv(*leaves, padding=1)
+        out.backward(grad_out)
+        runs.append([out] + [t.grad for t in leaves])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@needs_kernel
 def test_guide_gradient_alone(monkeypatch):
     monkeypatch.setattr(region_gemm, 'backward', None)  # the kernels' scores only
     x, weight, guide = make_inputs(2, 24, 20, (7, 6), 3, 1, 1, 1, 4)
