@@ -144,12 +144,12 @@ def shape_of(x: Tensor, filters: Tensor, out_size: Tuple[int, int], geo: Geometr
                          *geo.padding, *geo.dilation], dtype=torch.int64)
 
 
-def check(status: int, what: str, geo: Geometry, c_in: int) -> None:
-    """Raise MemoryError when a kernel returned non-zero: its per-thread buffers (up to
-    K x 64 floats) could not be allocated."""
+def check(status: int, what: str) -> None:
+    """Raise MemoryError when a kernel returned non-zero: its per-thread buffers could not be
+    allocated."""
     if status:
-        raise MemoryError(f'region_conv: the CPU kernel ({what}) could not allocate its buffers '
-                          f'(up to {geo.kernel[0] * geo.kernel[1] * c_in} x 64 floats per thread)')
+        raise MemoryError(f'region_conv: the CPU kernel ({what}) could not allocate its '
+                          'per-thread buffers')
 
 
 def from_channels_last_rows(rows: Tensor, like: Tensor, threads: int) -> Tensor:
@@ -178,7 +178,7 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, out_size: Tuple[int, int
         Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
     """
     threads = torch.get_num_threads()
-    b, c_in = x.shape[:2]
+    b = x.shape[0]
     m, c_out = filters.shape[1:3]
     # in the scratch the PyTorch backward gathers patches into, not in one of its own: a 1x1
     # layer's backward, which reads x's columns, would otherwise keep 4 MiB more at the target
@@ -193,7 +193,7 @@ def forward(x: Tensor, filters: Tensor, region: Tensor, out_size: Tuple[int, int
     shape = shape_of(x, filters, out_size, geo)
     check(library().drconv_region_forward_f32(
         x_rows.data_ptr(), filters.data_ptr(), order.data_ptr(), starts.data_ptr(),
-        out_rows.data_ptr(), shape.data_ptr(), threads), 'forward', geo, c_in)
+        out_rows.data_ptr(), shape.data_ptr(), threads), 'forward')
     return from_channels_last_rows(out_rows, x, threads)
 
 
@@ -226,7 +226,7 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, geo: 
         grad_filters = torch.empty_like(filters)
         check(lib.drconv_region_filter_grad_f32(
             x_rows.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
-            grad_filters.data_ptr(), shape.data_ptr(), threads), 'filter gradient', geo, c_in)
+            grad_filters.data_ptr(), shape.data_ptr(), threads), 'filter gradient')
     if need_input:
         grad_x = (torch.zeros(b, h, w, c_in) if channels_last(x) else
                   scratch('result_rows', x.numel(), x).view(b, h, w, c_in).zero_())
@@ -239,12 +239,12 @@ def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, geo: 
         check(lib.drconv_region_scores_f32(
             x_rows.data_ptr(), filters.data_ptr(), grad_rows.data_ptr(), order.data_ptr(),
             starts.data_ptr(), scores.data_ptr(), grad_x.data_ptr() if fused_x else None,
-            shape.data_ptr(), threads), 'scores', geo, c_in)
+            shape.data_ptr(), threads), 'scores')
         scores = scores.view(b, -1, m)
     if need_input and not fused_x:
         check(lib.drconv_region_input_grad_f32(
             filters.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
-            grad_x.data_ptr(), shape.data_ptr(), threads), 'input gradient', geo, c_in)
+            grad_x.data_ptr(), shape.data_ptr(), threads), 'input gradient')
     if need_input:
         grad_x = from_channels_last_rows(grad_x, x, threads)
     return grad_x, grad_filters, scores

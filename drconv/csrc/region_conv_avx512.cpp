@@ -333,6 +333,40 @@ struct FilterBlock {
   }
 };
 
+// A thread's buffers for a group's filter gradient: the group's output gradient transposed,
+// (C_out, n), one tap's block of its pixels' values, (n, BLOCK), and the pixels' taps.
+struct GroupPatches {
+  float* grads_t;
+  float* patches;
+  const float** taps;
+  explicit GroupPatches(const Geometry& g)
+      : grads_t(static_cast<float*>(malloc(g.c_out * g.h_out * g.w_out * sizeof(float)))),
+        patches(static_cast<float*>(aligned_alloc(64, g.h_out * g.w_out * BLOCK * sizeof(float)))),
+        taps(static_cast<const float**>(malloc(g.h_out * g.w_out * sizeof(float*)))) {}
+  ~GroupPatches() {
+    free(grads_t);
+    free(patches);
+    free(taps);
+  }
+  bool allocated() const { return grads_t && patches && taps; }
+};
+
+// Runs work(buffers, group) for every (sample, region) group, on `threads` threads with
+// Buffers of their own. Returns 1 when a thread's buffers could not be allocated, else 0.
+template <class Buffers, class Work>
+int each_group(const Geometry& g, int threads, Work work) {
+  int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+  {
+    Buffers buffers(g);
+    failed = !buffers.allocated();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t group = 0; group < g.batch * g.regions; ++group)
+      if (!failed) work(buffers, group);
+  }
+  return failed;
+}
+
 Geometry geometry(const int64_t* shape) {
   return Geometry{shape[0], shape[1], shape[2],  shape[3],  shape[4],  shape[5],
                   shape[6], shape[7], shape[8],  shape[9],  shape[10], shape[11],
@@ -343,7 +377,7 @@ int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 }  // namespace
 
-// The arguments of the three kernels. x, grad_x: (B, H, W, C_in) contiguous; filters,
+// The arguments of the four kernels. x, grad_x: (B, H, W, C_in) contiguous; filters,
 // grad_filters: (B * m, C_out, K) contiguous, K ordered (kh, kw, C_in); order: (B * L) flat
 // pixels b * L + p sorted by group g = b * m + region, L = H_out * W_out; starts: (B * m + 1)
 // group offsets into order; out, grad_rows: (B * L, C_out) output (gradient) rows; shape: the 16
@@ -383,41 +417,27 @@ extern "C" int drconv_region_filter_grad_f32(const float* x, const float* grad_r
                                              float* grad_filters, const int64_t* shape,
                                              int threads) {
   const Geometry g = geometry(shape);
-  const int64_t K = g.kh * g.kw * g.c_in, pixels = g.h_out * g.w_out;
-  int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-  {
-    float* grads_t = static_cast<float*>(malloc(g.c_out * pixels * sizeof(float)));
-    float* patches = static_cast<float*>(aligned_alloc(64, pixels * BLOCK * sizeof(float)));
-    const float** taps = static_cast<const float**>(malloc(pixels * sizeof(float*)));
-    failed = !grads_t || !patches || !taps;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t group = 0; group < g.batch * g.regions; ++group) {
-      if (failed) continue;
-      const int64_t lo = starts[group], n = starts[group + 1] - lo;
-      for (int64_t q = 0; q < n; ++q) {
-        const float* row = grad_rows + order[lo + q] * g.c_out;
-        for (int64_t c = 0; c < g.c_out; ++c) grads_t[c * n + q] = row[c];
-      }
-      for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
-        for (int64_t q = 0; q < n; ++q)
-          taps[q] = tap_of(g, x, order[lo + q], tap / g.kw, tap % g.kw);
-        for (int64_t first = 0; first < g.c_in; first += BLOCK) {
-          const int64_t width = min(g.c_in - first, BLOCK);
-          pack_block(taps, n, first, width, patches);
-          float* out = grad_filters + group * g.c_out * K + tap * g.c_in + first;
-          for (int64_t j0 = 0; j0 < g.c_out; j0 += BLOCK_ROWS)
-            dispatch<FilterGradTile, BLOCK_ROWS>(static_cast<int>(min(g.c_out - j0, BLOCK_ROWS)),
-                                                 width, patches, grads_t + j0 * n, n,
-                                                 out + j0 * K, K, width);
-        }
+  const int64_t K = g.kh * g.kw * g.c_in;
+  return each_group<GroupPatches>(g, threads, [&](GroupPatches& buffers, int64_t group) {
+    const int64_t lo = starts[group], n = starts[group + 1] - lo;
+    for (int64_t q = 0; q < n; ++q) {
+      const float* row = grad_rows + order[lo + q] * g.c_out;
+      for (int64_t c = 0; c < g.c_out; ++c) buffers.grads_t[c * n + q] = row[c];
+    }
+    for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+      for (int64_t q = 0; q < n; ++q)
+        buffers.taps[q] = tap_of(g, x, order[lo + q], tap / g.kw, tap % g.kw);
+      for (int64_t first = 0; first < g.c_in; first += BLOCK) {
+        const int64_t width = min(g.c_in - first, BLOCK);
+        pack_block(buffers.taps, n, first, width, buffers.patches);
+        float* out = grad_filters + group * g.c_out * K + tap * g.c_in + first;
+        for (int64_t j0 = 0; j0 < g.c_out; j0 += BLOCK_ROWS)
+          dispatch<FilterGradTile, BLOCK_ROWS>(static_cast<int>(min(g.c_out - j0, BLOCK_ROWS)),
+                                               width, buffers.patches, buffers.grads_t + j0 * n,
+                                               n, out + j0 * K, K, width);
       }
     }
-    free(grads_t);
-    free(patches);
-    free(taps);
-  }
-  return failed;
+  });
 }
 
 // grad_x (zeroed by the caller) += the input gradient. One work item is a sample and a block of
@@ -454,22 +474,6 @@ extern "C" int drconv_region_input_grad_f32(const float* filters, const float* g
 }
 
 namespace {
-
-// Runs work(buffers, group) for every (sample, region) group, on `threads` threads with
-// Buffers of their own. Returns 1 when a thread's buffers could not be allocated, else 0.
-template <class Buffers, class Work>
-int each_group(const Geometry& g, int threads, Work work) {
-  int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-  {
-    Buffers buffers(g);
-    failed = !buffers.allocated();
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t group = 0; group < g.batch * g.regions; ++group)
-      if (!failed) work(buffers, group);
-  }
-  return failed;
-}
 
 // Scores as patch gradient times patch (PatchGradScoreTile): the product's sum runs over C_out.
 int scores_by_patch_grads(const Geometry& g, const float* x, const float* filters,
