@@ -163,17 +163,19 @@ def explicit_source(filters: Tensor, shared: bool = False) -> FilterSource:
     source = FilterSource(filters=filters.data_ptr(), shared=int(shared),
                           group_stride=s[1] if m > 1 else s[0], out_stride=s[2],
                           tap_stride=s[5] if kw > 1 else s[4], in_stride=s[3])
-    source.tensors = (filters,)
+    source.tensors, source.regions = (filters,), m
     return source
 
 
 def factored_source(f: Factors) -> FilterSource:
-    """The source of factored filters (:class:`Factors`, float32 and contiguous)."""
+    """The source of factored filters: :class:`Factors`, float32, with ``weight`` as
+    (C_out, kh, kw, C_in) in memory and the others contiguous."""
+    if not f.weight.permute(0, 2, 3, 1).is_contiguous():
+        raise ValueError('factored_source: weight must lie as (C_out, kh, kw, C_in)')
     source = FilterSource(
         weight=f.weight.data_ptr(), bias=f.bias.data_ptr() if f.bias is not None else None,
         terms=f.terms.data_ptr(), coef=f.coef.data_ptr(), n_terms=f.terms.shape[1],
-        terms_by_region=int(f.terms.shape[0] > 1),
-        terms_by_tap=int(f.terms.shape[-1] == f.weight.shape[1]),
+        terms_by_region=int(f.terms.shape[0] > 1), terms_by_tap=int(f.terms.dim() == 6),
         coef_by_tap=int(f.coef.shape[-1] > 1))
     source.tensors = tuple(f)
     return source
@@ -341,7 +343,7 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
     if need_scores:
         score_regions, score_starts = regions, starts
         if score_source is not None:
-            score_regions = score_source.tensors[0].shape[0]
+            score_regions = score_source.regions
             score_starts = stand_in_starts(starts, regions, score_regions)
         scores = x.new_zeros(order.numel(), score_regions)
         score_shape = shape_of(x, score_regions, c_out, out_size, geo)  # referenced: a pointer
@@ -367,8 +369,9 @@ def w_numel(geo: Geometry, c_in: int) -> int:
 
 def factor_grads(x_rows: Tensor, grad_rows: Tensor, order: Tensor, starts: Tensor,
                  source: FilterSource, factors: Factors, shape: Tensor, threads: int) -> Factors:
-    """Each factor's gradient, reduced from every group's filter gradient in the kernel (which
-    never holds more than a block of one group's)."""
+    """Each factor's gradient (the weight's lying as (C_out, kh, kw, C_in) in memory), reduced
+    from every group's filter gradient in the kernel, which never holds more than a block of
+    one group's."""
     c_out = factors.weight.shape[0]
     rows = factor_grad_rows(c_out, threads)
     blocks = -(-c_out // rows)

@@ -1,12 +1,17 @@
 """``DRConv2d``: a drop-in for nn.Conv2d with region-aware dynamic filters."""
 import inspect
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._utils import IntPair, pair
+from .factors import Factors
 from .filter_generator import FILTER_GENERATORS, BasesFilterGenerator, PaperFilterGenerator
-from .region_conv import GUIDE_GRADS, region_conv, region_conv_dense
+from .region_conv import GUIDE_GRADS, region_conv_dense
+from .region_conv_factored import region_conv_factored
 
 
 def _exporting() -> bool:
@@ -18,7 +23,9 @@ class DRConv2d(nn.Conv2d):
 
     A guide conv (k x k, same stride, padding and dilation, C_in -> m) assigns each output pixel
     to the region of its largest guide logit. A filter generator gives each sample m filters,
-    ``weight + delta[b, r]``, and each pixel is convolved with its region's filter only.
+    ``weight + delta[b, r]`` in factored form (:class:`drconv.Factors`), and each pixel is
+    convolved with its region's filter only (:func:`drconv.region_conv_factored`: on the CPU
+    kernels' path the filters are formed where they are used, never held in memory).
 
     ``weight`` and ``bias`` are a standard conv's, so standard checkpoints load into them
     (``strict=False``: the guide and generator keys are new). The generated ``delta`` starts at
@@ -36,19 +43,21 @@ class DRConv2d(nn.Conv2d):
         filter_generator (str): ``'paper'`` (pool -> 1x1 conv -> sigmoid -> grouped 1x1 conv,
             the paper's design) or ``'bases'`` (mixtures of shared kernels, the official
             code's design). Default: ``'paper'``
-        num_bases (int): base kernels of the ``'bases'`` generator. Default: 4
+        num_bases (int): base kernels of the ``'bases'`` generator (refused with
+            ``'paper'``). Default: 4
         guide_grad (str): ``'exact'`` or ``'top2'``, the guide gradient of
             :func:`drconv.region_conv` (``'top2'`` is a cheaper approximation). Default: 'exact'
         padding_mode (str): must be ``'zeros'``.
 
     Shape:
-        input (B, C_in, H, W) -> output (B, C_out, H_out, W_out), as nn.Conv2d.
+        input (B, C_in, H, W) or unbatched (C_in, H, W) -> output (B, C_out, H_out, W_out) or
+        (C_out, H_out, W_out), as nn.Conv2d; an empty batch gives an empty output.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
                  groups: int = 1, bias: bool = True, region_num: int = 8,
-                 filter_generator: str = 'paper', num_bases: int = 4,
+                 filter_generator: str = 'paper', num_bases: Optional[int] = None,
                  guide_grad: str = 'exact', padding_mode: str = 'zeros', device=None,
                  dtype=None, **unexpected):
         if unexpected:
@@ -56,6 +65,10 @@ class DRConv2d(nn.Conv2d):
                         if p not in ('self', 'unexpected')]
             raise TypeError(f'DRConv2d got unexpected argument(s) {sorted(unexpected)}; '
                             f'accepted: {accepted}')
+        if num_bases is not None and filter_generator != 'bases':
+            raise ValueError(f"DRConv2d: num_bases applies to filter_generator='bases' only, "
+                             f'got num_bases={num_bases!r} with {filter_generator!r}')
+        num_bases = 4 if num_bases is None else num_bases
         for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
                             ('region_num', region_num), ('num_bases', num_bases)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -100,22 +113,37 @@ class DRConv2d(nn.Conv2d):
         self.filter_generator.reset_parameters()
 
     def region_filters(self, x: Tensor) -> Tensor:
-        """Each sample's region filters: x (B, C_in, H, W) -> (B, m, C_out, C_in, kh, kw)."""
-        delta = self.filter_generator(x)
-        return delta + self.weight.view(1, 1, *self.weight.shape).to(delta.dtype)
+        """Each sample's region filters, materialised: x (B, C_in, H, W) ->
+        (B, m, C_out, C_in, kh, kw)."""
+        return self.filter_generator(x, self.weight).materialize()
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (B, C_in, H, W) -> (B, C_out, H_out, W_out)."""
+        """x (B, C_in, H, W) -> (B, C_out, H_out, W_out); x (C_in, H, W) -> (C_out, H_out, W_out)."""
+        if x.dim() == 3:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 4:
+            raise ValueError(f'DRConv2d: expected input (B, C_in, H, W) or (C_in, H, W), got '
+                             f'shape {tuple(x.shape)}')
         guide = self.guide_conv(x)
-        filters = self.region_filters(x)
+        factors = self.filter_generator(x, self.weight)
         if _exporting():
-            out = region_conv_dense(x, filters, guide, self.stride, self.padding, self.dilation)
+            out = region_conv_dense(x, factors.materialize(), guide, self.stride, self.padding,
+                                    self.dilation)
+        elif guide.numel() == 0:
+            out = self._empty_output(x, guide, factors)
         else:
-            out = region_conv(x, filters, guide, self.stride, self.padding, self.dilation,
-                              guide_grad=self.guide_grad)
+            out = region_conv_factored(x, factors, guide, self.stride, self.padding,
+                                       self.dilation, guide_grad=self.guide_grad)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out
+
+    def _empty_output(self, x: Tensor, guide: Tensor, factors: Factors) -> Tensor:
+        """The output of an empty batch (or spatial size), as nn.Conv2d's, connected to every
+        parameter so that each gets its (zero) gradient."""
+        out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
+        parts = (guide, *(t for t in factors if t is not None))
+        return out + sum(t.sum() for t in parts) * 0
 
     def extra_repr(self) -> str:
         text = (f'{super().extra_repr()}, region_num={self.region_num}, '
