@@ -125,7 +125,9 @@ def library() -> Optional[ctypes.CDLL]:
                       'region_conv runs its PyTorch path on CPU')
         return None
     pointer, size, source = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(FilterSource)
-    lib.drconv_region_forward_f32.argtypes = [pointer, source] + [pointer] * 4 + [ctypes.c_int]
+    lib.drconv_region_forward_f32.argtypes = [pointer, source] + [pointer] * 5 + [ctypes.c_int]
+    lib.drconv_region_of.argtypes = [pointer, size, size, size, pointer, ctypes.c_int]
+    lib.drconv_region_of.restype = None
     lib.drconv_transpose_f32.argtypes = [pointer, pointer, size, size, size, ctypes.c_int]
     lib.drconv_transpose_f32.restype = None
     lib.drconv_sort_by_group.argtypes = [pointer, size, size, size, pointer, pointer]
@@ -234,8 +236,19 @@ def from_channels_last_rows(rows: Tensor, like: Tensor, threads: int) -> Tensor:
     return out
 
 
+def region_of(guide: Tensor) -> Tensor:
+    """Each pixel's region, the first of its largest guide logits (NaN the largest, as torch's
+    max): guide (B, m, H_out, W_out), float32 -> (B, L) int64."""
+    b, m = guide.shape[:2]
+    guide = guide.contiguous()
+    region = torch.empty(b, guide[0, 0].numel(), dtype=torch.int64)
+    library().drconv_region_of(guide.data_ptr(), b, m, region.shape[1], region.data_ptr(),
+                               torch.get_num_threads())
+    return region
+
+
 def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: Tensor,
-            out_size: Tuple[int, int], geo: Geometry) -> Tensor:
+            out_size: Tuple[int, int], geo: Geometry, bias: Optional[Tensor] = None) -> Tensor:
     """Selected-filter convolution with the kernel.
 
     Args:
@@ -246,6 +259,7 @@ def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: T
         region (Tensor[B, L]): region of each output pixel, L = H_out * W_out.
         out_size (Tuple[int, int]): (H_out, W_out).
         geo (Geometry): kernel, stride, padding, dilation.
+        bias (Tensor[C_out]): added to the output, if given.
 
     Returns:
         Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
@@ -262,9 +276,11 @@ def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: T
                 scratch('result_rows', b * out_size[0] * out_size[1] * c_out, x)
                 .view(b, *out_size, c_out))
     shape = shape_of(x, regions, c_out, out_size, geo)
+    bias = bias.contiguous() if bias is not None else None  # referenced: a pointer
     check(library().drconv_region_forward_f32(
         x_rows.data_ptr(), source, order.data_ptr(), starts.data_ptr(),
-        out_rows.data_ptr(), shape.data_ptr(), threads), 'forward')
+        bias.data_ptr() if bias is not None else None, out_rows.data_ptr(), shape.data_ptr(),
+        threads), 'forward')
     return from_channels_last_rows(out_rows, x, threads)
 
 

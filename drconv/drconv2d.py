@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ._utils import IntPair, pair
 from .factors import Factors
 from .filter_generator import FILTER_GENERATORS, BasesFilterGenerator, PaperFilterGenerator
+from .guide_conv import GuideConv
 from .region_conv import GUIDE_GRADS, region_conv_dense
 from .region_conv_factored import region_conv_factored
 
@@ -95,7 +96,7 @@ class DRConv2d(nn.Conv2d):
         self.filter_generator_type = filter_generator
         self.guide_grad = guide_grad
         factory = dict(device=device, dtype=dtype)
-        self.guide_conv = nn.Conv2d(in_channels, region_num, kernel_size, stride, padding,
+        self.guide_conv = GuideConv(in_channels, region_num, kernel_size, stride, padding,
                                     dilation, **factory)
         if filter_generator == 'paper':
             generator = PaperFilterGenerator(in_channels, out_channels, kernel_size, region_num)
@@ -131,9 +132,9 @@ class DRConv2d(nn.Conv2d):
                                     self.dilation)
         elif guide.numel() == 0:
             out = self._empty_output(x, guide, factors)
-        else:
-            out = region_conv_factored(x, factors, guide, self.stride, self.padding,
-                                       self.dilation, guide_grad=self.guide_grad)
+        else:  # the bias added as the output is written
+            return region_conv_factored(x, factors, guide, self.stride, self.padding,
+                                        self.dilation, bias=self.bias, guide_grad=self.guide_grad)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out

@@ -8,6 +8,7 @@ convolution.
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .factors import Factors
@@ -69,9 +70,13 @@ class PaperFilterGenerator(nn.Module):
         """x (B, C_in, H, W) and the static weight (C_out, C_in, kh, kw) -> the region filters:
         terms the projection (m, m, C_out, C_in), coef the hidden units (B, m, m, kh * kw)."""
         m = self.region_num
-        pool_h = adaptive_pool_matrix(x.shape[2], self.kernel_size[0], x)
-        pool_w = adaptive_pool_matrix(x.shape[3], self.kernel_size[1], x)
-        pooled = torch.matmul(torch.matmul(pool_h, x), pool_w.t())  # (B, C_in, kh, kw)
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            # as matrix products: ONNX has no adaptive pooling to sizes that do not divide
+            pool_h = adaptive_pool_matrix(x.shape[2], self.kernel_size[0], x)
+            pool_w = adaptive_pool_matrix(x.shape[3], self.kernel_size[1], x)
+            pooled = torch.matmul(torch.matmul(pool_h, x), pool_w.t())  # (B, C_in, kh, kw)
+        else:
+            pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
         hidden = torch.sigmoid(self.squeeze(pooled))  # (B, m*m, kh, kw)
         hidden = hidden.reshape(x.shape[0], m, m, self.kernel_size[0] * self.kernel_size[1])
         return Factors(weight, self.bias, self.projection, hidden)

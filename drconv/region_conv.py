@@ -127,15 +127,16 @@ class RegionConvFunction(torch.autograd.Function):
         b, c_in, h, w = x.shape
         _, m, c_out = weight.shape[:3]
         out_size = tuple(guide.shape[2:])
-        region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
         ctx.layout = None  # the sorted rows, kept for the backward when the forward made them
         ctx.on_kernels = cpu_kernels.is_available(x)
         ctx.geo, ctx.guide_grad = geo, guide_grad
         if ctx.on_kernels:
+            region = cpu_kernels.region_of(guide)
             out = cpu_kernels.forward(x, cpu_kernels.explicit_source(weight), m, c_out, region,
                                       out_size, geo)
             ctx.save_for_backward(x, weight, guide, region)
             return out
+        region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
         filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1).contiguous()
         index = patch_index((h, w), out_size, geo, x.device)
         if triton_forward.is_available(x):

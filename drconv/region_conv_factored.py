@@ -6,6 +6,8 @@ tensors). On the CPU kernels' path the filters are formed where the kernels pack
 gradient is reduced straight into the factors' gradients: nothing B * m filters in size is
 allocated. Elsewhere the filters are materialised and :func:`drconv.region_conv` runs.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -39,17 +41,18 @@ class FactoredRegionConvFunction(torch.autograd.Function):
     """Autograd Function of :func:`region_conv_factored` on the CPU kernels' path."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, guide: Tensor, weight: Tensor, bias: Tensor, terms: Tensor,
-                coef: Tensor, geo: Geometry, guide_grad: str) -> Tensor:
-        b, m = guide.shape[:2]
+    def forward(ctx, x: Tensor, guide: Tensor, weight: Tensor, region_bias: Tensor,
+                terms: Tensor, coef: Tensor, bias: Tensor, geo: Geometry,
+                guide_grad: str) -> Tensor:
+        m = guide.shape[1]
         c_out = weight.shape[0]
         # the static weight as the kernels read it: (C_out, kh, kw, C_in) in memory
         weight = weight.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-        f = Factors(weight, None if bias is None else bias.contiguous(), terms.contiguous(),
-                    coef.contiguous())
-        region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
+        f = Factors(weight, None if region_bias is None else region_bias.contiguous(),
+                    terms.contiguous(), coef.contiguous())
+        region = cpu_kernels.region_of(guide)
         out = cpu_kernels.forward(x, cpu_kernels.factored_source(f), m, c_out, region,
-                                  tuple(guide.shape[2:]), geo)
+                                  tuple(guide.shape[2:]), geo, bias)
         ctx.save_for_backward(x, guide, region, *f)
         ctx.geo, ctx.guide_grad = geo, guide_grad
         return out
@@ -75,14 +78,15 @@ class FactoredRegionConvFunction(torch.autograd.Function):
                                        f.coef[..., 0].transpose(1, 2))
             grad_g = guide_gradient_from_scores(guide, region, scores, ctx.guide_grad)
         grads = grads if need_factors else Factors(None, None, None, None)
+        grad_bias = grad_out.sum(dim=(0, 2, 3)) if ctx.needs_input_grad[6] else None
         return (grad_x, grad_g, *(g if need else None
                                   for g, need in zip(grads, ctx.needs_input_grad[2:6])),
-                None, None)
+                grad_bias, None, None)
 
 
 def region_conv_factored(x: Tensor, factors: Factors, guide: Tensor, stride: IntPair = 1,
                          padding: IntPair = 0, dilation: IntPair = 1, *,
-                         guide_grad: str = 'exact') -> Tensor:
+                         bias: Optional[Tensor] = None, guide_grad: str = 'exact') -> Tensor:
     """:func:`drconv.region_conv` with each sample's region filters given as :class:`Factors`.
 
     The same result and gradients as ``region_conv(x, factors.materialize(), guide, ...)``
@@ -96,13 +100,15 @@ def region_conv_factored(x: Tensor, factors: Factors, guide: Tensor, stride: Int
         factors (Factors): the region filters, shapes as :class:`Factors` documents them.
         guide (Tensor[batch_size, region_num, out_height, out_width]): guide logits.
         stride, padding, dilation, guide_grad: as :func:`drconv.region_conv`.
+        bias (Tensor[out_channels]): added to the output, if given.
 
     Returns:
         Tensor[batch_size, out_channels, out_height, out_width]: as :func:`drconv.region_conv`.
     """
     if not cpu_kernels.is_available(x) or torch.is_autocast_enabled(x.device.type):
-        return region_conv(x, factors.materialize(), guide, stride, padding, dilation,
-                           guide_grad=guide_grad)
+        out = region_conv(x, factors.materialize(), guide, stride, padding, dilation,
+                          guide_grad=guide_grad)
+        return out if bias is None else out + bias.view(1, -1, 1, 1).to(out.dtype)
     geo = Geometry(tuple(factors.weight.shape[-2:]), pair(stride, 'stride', 1),
                    pair(padding, 'padding', 0), pair(dilation, 'dilation', 1))
     b, m = guide.shape[:2]
@@ -111,4 +117,4 @@ def region_conv_factored(x: Tensor, factors: Factors, guide: Tensor, stride: Int
     if guide_grad not in GUIDE_GRADS:
         raise ValueError(f'region_conv_factored: guide_grad must be one of {GUIDE_GRADS}, '
                          f'got {guide_grad!r}')
-    return FactoredRegionConvFunction.apply(x, guide, *factors, geo, guide_grad)
+    return FactoredRegionConvFunction.apply(x, guide, *factors, bias, geo, guide_grad)

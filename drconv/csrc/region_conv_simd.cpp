@@ -325,16 +325,20 @@ inline void response(const Geometry& g, const float* x, const float* zero_row,
 }
 
 // Forward: output channels first .. first + width of the ROWS sorted pixels `rows`, from the
-// panel of their group's filters, into the output rows `out` (B * L, C_out).
+// panel of their group's filters, plus `bias` (those channels' own, or null), into the output
+// rows `out` (B * L, C_out).
 template <int ROWS, int V>
 struct OutputTile {
   static void run(const Geometry& g, const float* x, const float* zero_row, const float* panel,
-                  const int64_t* rows, float* out, int64_t first, int64_t width) {
+                  const int64_t* rows, const float* bias, float* out, int64_t first,
+                  int64_t width) {
     vec acc[ROWS][V];
     response(g, x, zero_row, panel, rows, acc);
-    for (int r = 0; r < ROWS; ++r) {
-      float* o = out + rows[r] * g.c_out + first;
-      for (int v = 0; v < V; ++v) vstore_part(o + LANES * v, acc[r][v], width - LANES * v);
+    for (int v = 0; v < V; ++v) {
+      const vec b = bias ? vload_part(bias + LANES * v, width - LANES * v) : vzero();
+      for (int r = 0; r < ROWS; ++r)
+        vstore_part(out + rows[r] * g.c_out + first + LANES * v, vadd(acc[r][v], b),
+                    width - LANES * v);
     }
   }
 };
@@ -618,10 +622,11 @@ Geometry geometry(const int64_t* shape) {
 // (B * m + 1) group offsets into order; out, grad_rows: (B * L, C_out) output (gradient) rows;
 // shape: the 16 Geometry fields. Each returns 0, or 1 when a buffer could not be allocated.
 
-// out = the selected-filter convolution.
+// out = the selected-filter convolution, plus bias (C_out) unless null.
 extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
-                                         const int64_t* order, const int64_t* starts, float* out,
-                                         const int64_t* shape, int threads) {
+                                         const int64_t* order, const int64_t* starts,
+                                         const float* bias, float* out, const int64_t* shape,
+                                         int threads) {
   const Geometry g = geometry(shape);
   const int64_t panels = (g.c_out + PANEL - 1) / PANEL;
   return each_item<FilterPanel>(
@@ -635,7 +640,8 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
         for (int64_t row = lo; row < hi; row += MAX_ROWS)
           dispatch<OutputTile, MAX_ROWS, VECTORS>(
               static_cast<int>(std::min<int64_t>(hi - row, MAX_ROWS)), width, g, x,
-              filter.zero_row, filter.panel, order + row, out, first, width);
+              filter.zero_row, filter.panel, order + row, bias ? bias + first : nullptr, out,
+              first, width);
       },
       g, *filters);
 }
@@ -714,6 +720,10 @@ extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float*
 
 namespace {
 
+// Pixels per chunk of the scores: a chunk's patches and output gradients stay in L2 while every
+// block or panel of the region's filters passes over them.
+constexpr int64_t SCORE_CHUNK = 256;
+
 // Scores as patch gradient times patch (PatchGradScoreTile): the product's sum runs over C_out.
 int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filters,
                           const float* grad_rows, const int64_t* order, const int64_t* starts,
@@ -723,19 +733,23 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
       [&](FilterBlock& block, int64_t group) {
         const int64_t sample = group / g.regions, region = group % g.regions;
         const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
-        for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
-          for (int64_t first = 0; first < g.c_in; first += BLOCK) {
-            const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
-            block.pack(group, tap, first, width);
-            for (int64_t row = lo; row < hi; row += BLOCK_ROWS) {
-              const int rows = static_cast<int>(std::min<int64_t>(hi - row, BLOCK_ROWS));
-              // the tile's rows of this region: x's gradient where it is the pixel's own
-              const int from = static_cast<int>(std::clamp<int64_t>(starts[group] - row, 0, rows));
-              const int to =
-                  static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
-              dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                  rows, width, g, x, grad_rows, block.weights, order + row, tap / g.kw,
-                  tap % g.kw, first, width, scores, region, from, to, grad_x);
+        for (int64_t chunk = lo; chunk < hi; chunk += SCORE_CHUNK) {
+          const int64_t end = std::min(hi, chunk + SCORE_CHUNK);
+          for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+            for (int64_t first = 0; first < g.c_in; first += BLOCK) {
+              const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
+              block.pack(group, tap, first, width);
+              for (int64_t row = chunk; row < end; row += BLOCK_ROWS) {
+                const int rows = static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS));
+                // the tile's rows of this region: x's gradient where it is the pixel's own
+                const int from =
+                    static_cast<int>(std::clamp<int64_t>(starts[group] - row, 0, rows));
+                const int to =
+                    static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
+                dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
+                    rows, width, g, x, grad_rows, block.weights, order + row, tap / g.kw,
+                    tap % g.kw, first, width, scores, region, from, to, grad_x);
+              }
             }
           }
         }
@@ -744,22 +758,27 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
 }
 
 // Scores as response times output gradient (ResponseScoreTile): the product's sum runs over K.
+// The sample's pixels are taken in image order, whose neighbours share their patches' taps.
 int scores_by_responses(const Geometry& g, const float* x, const Filters& filters,
-                        const float* grad_rows, const int64_t* order, const int64_t* starts,
-                        float* scores, int threads) {
+                        const float* grad_rows, float* scores, int threads) {
+  const int64_t pixels = g.h_out * g.w_out;
   return each_item<FilterPanel>(
       g.batch * g.regions, threads,
       [&](FilterPanel& filter, int64_t group) {
         const int64_t sample = group / g.regions, region = group % g.regions;
-        const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
-        for (int64_t first = 0; first < g.c_out; first += PANEL) {
-          const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
-          filter.pack(group, first, width);
-          for (int64_t row = lo; row < hi; row += MAX_ROWS)
-            dispatch<ResponseScoreTile, MAX_ROWS, VECTORS>(
-                static_cast<int>(std::min<int64_t>(hi - row, MAX_ROWS)), width, g, x,
-                filter.zero_row, filter.panel, order + row, grad_rows, scores, region, first,
-                width);
+        int64_t rows[SCORE_CHUNK];
+        for (int64_t chunk = 0; chunk < pixels; chunk += SCORE_CHUNK) {
+          const int64_t n = std::min(pixels - chunk, SCORE_CHUNK);
+          for (int64_t q = 0; q < n; ++q) rows[q] = sample * pixels + chunk + q;
+          for (int64_t first = 0; first < g.c_out; first += PANEL) {
+            const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
+            filter.pack(group, first, width);
+            for (int64_t q = 0; q < n; q += MAX_ROWS)
+              dispatch<ResponseScoreTile, MAX_ROWS, VECTORS>(
+                  static_cast<int>(std::min<int64_t>(n - q, MAX_ROWS)), width, g, x,
+                  filter.zero_row, filter.panel, rows + q, grad_rows, scores, region, first,
+                  width);
+          }
         }
       },
       g, filters);
@@ -781,7 +800,7 @@ extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
   if (g.kh * g.kw * g.c_in <= g.c_out)
     return scores_by_patch_grads(g, x, *filters, grad_rows, order, starts, scores, grad_x,
                                  threads);
-  return scores_by_responses(g, x, *filters, grad_rows, order, starts, scores, threads);
+  return scores_by_responses(g, x, *filters, grad_rows, scores, threads);
 }
 
 // out[b, j, i] = x[b, i, j] for x (B, rows, cols), in LANES x LANES tiles.
@@ -803,6 +822,25 @@ extern "C" void drconv_transpose_f32(const float* x, float* out, int64_t batch, 
     for (int64_t j = cols_t; j < cols; ++j)
       for (int64_t i = 0; i < rows; ++i)
         out[(b * cols + j) * rows + i] = x[(b * rows + i) * cols + j];
+}
+
+// region (B, L) = the first of the m largest guide logits (B, m, L) of each pixel, NaN counting
+// as the largest, as torch's max does.
+extern "C" void drconv_region_of(const float* guide, int64_t batch, int64_t regions,
+                                 int64_t pixels, int64_t* region, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* g = guide + b * regions * pixels;
+    for (int64_t p = 0; p < pixels; ++p) {
+      float best = g[p];
+      int64_t index = 0;
+      for (int64_t j = 1; j < regions && best == best; ++j) {
+        const float v = g[j * pixels + p];
+        if (v > best || v != v) best = v, index = j;
+      }
+      region[b * pixels + p] = index;
+    }
+  }
 }
 
 // Sort the pixels of region (B, L), values in [0, m), by group g = b * m + region, stably:
