@@ -35,22 +35,24 @@ def shifted_sum_conv2d(x: Tensor, weight: Tensor, geo: Geometry) -> Tensor:
 
 
 class GuideConvFunction(torch.autograd.Function):
-    """Forward :func:`shifted_sum_conv2d`, backward conv's (``aten.convolution_backward``)."""
+    """Forward :func:`shifted_sum_conv2d` plus bias, backward conv's
+    (``aten.convolution_backward``)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, geo: Geometry) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias, geo: Geometry) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.geo = geo
-        return shifted_sum_conv2d(x, weight, geo)
+        out = shifted_sum_conv2d(x, weight, geo)
+        return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
         geo = ctx.geo
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_out, x, weight, None, list(geo.stride), list(geo.padding), list(geo.dilation),
-            False, [0, 0], 1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-        return grad_x, grad_w, None
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, x, weight, [weight.shape[0]], list(geo.stride), list(geo.padding),
+            list(geo.dilation), False, [0, 0], 1, list(ctx.needs_input_grad[:3]))
+        return grad_x, grad_w, grad_b, None
 
 
 def guide_conv2d(x: Tensor, weight: Tensor, bias, geo: Geometry) -> Tensor:
@@ -65,8 +67,7 @@ def guide_conv2d(x: Tensor, weight: Tensor, bias, geo: Geometry) -> Tensor:
     Returns:
         Tensor[B, m, H_out, W_out].
     """
-    out = GuideConvFunction.apply(x, weight, geo)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+    return GuideConvFunction.apply(x, weight, bias, geo)
 
 
 class GuideConv(nn.Conv2d):
