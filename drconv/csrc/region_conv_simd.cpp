@@ -435,14 +435,25 @@ inline void add_to(float* t, const vec (&sum)[V], int64_t width) {
 }
 
 // Input gradient: `width` input channels (from `first`) of tap (i, j) of the ROWS sorted pixels
-// `rows`, their patch gradient (patch_grad), added to grad_x (B, H, W, C_in).
+// `rows`, their patch gradient, added to grad_x (B, H, W, C_in). Their output gradient comes
+// packed, grads (C_out, BLOCK_ROWS): read through one pointer, its loop keeps the block's
+// filter vectors in registers (through ROWS row pointers it ran out of them).
 template <int ROWS, int V>
 struct InputGradTile {
-  static void run(const Geometry& g, const float* grad_rows, const float* weights,
+  static void run(const Geometry& g, const float* grads, const float* weights,
                   const int64_t* rows, float* grad_x, int64_t i, int64_t j, int64_t first,
                   int64_t width) {
     vec acc[ROWS][V];
-    patch_grad(g, grad_rows, weights, rows, acc);
+    for (int r = 0; r < ROWS; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = vzero();
+    for (int64_t c = 0; c < g.c_out; ++c, grads += BLOCK_ROWS, weights += BLOCK) {
+      vec wv[V];
+      for (int v = 0; v < V; ++v) wv[v] = vload(weights + LANES * v);
+      for (int r = 0; r < ROWS; ++r) {
+        const vec gv = vset1(grads[r]);
+        for (int v = 0; v < V; ++v) acc[r][v] = vfma(gv, wv[v], acc[r][v]);
+      }
+    }
     for (int r = 0; r < ROWS; ++r) {
       float* t = tap_of(g, grad_x, rows[r], i, j);
       if (t) add_to(t + first, acc[r], width);
@@ -493,13 +504,25 @@ struct FilterBlock {
   const Geometry& g;
   const Filters& f;
   float* weights;
+  float* grads;  // a tile's output gradient rows, packed (C_out, BLOCK_ROWS)
   FilterBlock(const Geometry& geometry, const Filters& filters)
       : g(geometry),
         f(filters),
         weights(static_cast<float*>(
-            aligned_alloc(64, g.kh * g.kw * g.c_out * BLOCK * sizeof(float)))) {}
-  ~FilterBlock() { free(weights); }
-  bool allocated() const { return weights; }
+            aligned_alloc(64, g.kh * g.kw * g.c_out * BLOCK * sizeof(float)))),
+        grads(static_cast<float*>(malloc(g.c_out * BLOCK_ROWS * sizeof(float)))) {}
+  ~FilterBlock() {
+    free(weights);
+    free(grads);
+  }
+  bool allocated() const { return weights && grads; }
+  // grads[c * BLOCK_ROWS + r] = the output gradient of sorted row rows[r] (r < n) at channel c.
+  void pack_grads(const float* grad_rows, const int64_t* rows, int n) {
+    for (int r = 0; r < n; ++r) {
+      const float* row = grad_rows + rows[r] * g.c_out;
+      for (int64_t c = 0; c < g.c_out; ++c) grads[c * BLOCK_ROWS + r] = row[c];
+    }
+  }
   float* at(int64_t tap) const { return weights + tap * g.c_out * BLOCK; }
   void pack(int64_t group, int64_t tap, int64_t first, int64_t width) {
     float* block = at(tap);
@@ -743,12 +766,15 @@ extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float*
           const int64_t lo = starts[group], hi = starts[group + 1];
           if (lo == hi) continue;
           for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) block.pack(group, tap, first, width);
-          // every tap of a tile before the next: its output gradient rows stay in L1
-          for (int64_t row = lo; row < hi; row += BLOCK_ROWS)
+          // every tap of a tile before the next: its output gradient, packed once, stays in L1
+          for (int64_t row = lo; row < hi; row += BLOCK_ROWS) {
+            const int rows = static_cast<int>(std::min<int64_t>(hi - row, BLOCK_ROWS));
+            block.pack_grads(grad_rows, order + row, rows);
             for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
               dispatch<InputGradTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                  static_cast<int>(std::min<int64_t>(hi - row, BLOCK_ROWS)), width, g, grad_rows,
-                  block.at(tap), order + row, grad_x, tap / g.kw, tap % g.kw, first, width);
+                  rows, width, g, block.grads, block.at(tap), order + row, grad_x, tap / g.kw,
+                  tap % g.kw, first, width);
+          }
         }
       },
       g, *filters);
