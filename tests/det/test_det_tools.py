@@ -1,6 +1,7 @@
 """tools/train.py, tools/test.py and tools/visualize_regions.py on the detection demo config."""
 import os
 import os.path as osp
+import pickle
 import subprocess
 import sys
 
@@ -11,8 +12,10 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-# idle OpenMP threads sleep instead of spinning: spinning stalls torch on a shared CPU
-SUBPROCESS_ENV = dict(os.environ,
+# idle OpenMP threads sleep instead of spinning: spinning stalls torch on a shared CPU;
+# checkpoints load weights-only (torch's default), whatever the calling shell says
+SUBPROCESS_ENV = dict({k: v for k, v in os.environ.items()
+                       if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'},
                       OMP_WAIT_POLICY=os.environ.get('OMP_WAIT_POLICY', 'PASSIVE'))
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs/det/demo/'
                        'faster-rcnn_r50-thin-drconv-c3-c5_fpn_300i_demo-coco.py')
@@ -99,3 +102,27 @@ def test_visualize_regions_writes_png(demo_coco, tool, tmp_path):
     visualize.main([DEMO_CONFIG, checkpoint, image, '--out', out, '--layers',
                'backbone.layer4.0.conv2'])
     assert cv2.imread(out).shape == (256 + visualize.CAPTION_HEIGHT, 2 * 256, 3)
+
+def test_train_resume_refuses_code(tool, demo_coco, malicious_checkpoint, tmp_path):
+    path, marker = malicious_checkpoint
+    with pytest.raises(pickle.UnpicklingError, match=r'GLOBAL (builtins\.)?exec\b'):
+        tool('train').main([DEMO_CONFIG, '--work-dir', str(tmp_path / 'work'), '--resume', path,
+                            '--cfg-options', *demo_options(demo_coco, 2)])
+    assert not marker.exists()
+
+
+def test_test_refuses_code(tool, demo_coco, malicious_checkpoint, tmp_path):
+    path, marker = malicious_checkpoint
+    with pytest.raises(pickle.UnpicklingError, match=r'GLOBAL (builtins\.)?exec\b'):
+        tool('test').main([DEMO_CONFIG, path, '--work-dir', str(tmp_path / 'work'),
+                           '--cfg-options', *demo_options(demo_coco, 2)])
+    assert not marker.exists()
+
+
+def test_visualize_regions_refuses_code(tool, demo_coco, malicious_checkpoint, tmp_path):
+    path, marker = malicious_checkpoint
+    image = osp.join(demo_coco, 'val2017', '000000000001.jpg')
+    with pytest.raises(pickle.UnpicklingError, match=r'GLOBAL (builtins\.)?exec\b'):
+        tool('visualize_regions').main([DEMO_CONFIG, path, image, '--out',
+                                        str(tmp_path / 'regions.png')])
+    assert not marker.exists()
