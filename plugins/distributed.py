@@ -2,11 +2,13 @@
 
 With CUDA nothing changes: mmengine's ``init_dist`` and its DDP wrapper run as configured.
 Without CUDA, mmengine 0.10.7 cannot start: ``init_dist`` calls ``torch.cuda.set_device``
-whatever the backend, and the Runner wraps the model in DDP with ``device_ids=[LOCAL_RANK]``,
-which DDP refuses for CPU modules. :func:`prepare_distributed` covers those two steps and
-leaves the rest (samplers, seeds, rank-0 logging and checkpoints) to mmengine.
+whatever the backend, the Runner wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, which
+DDP refuses for CPU modules, and SyncBN (mmseg's configs) runs on GPUs only.
+:func:`prepare_distributed` covers those steps and leaves the rest (samplers, seeds, rank-0
+logging and checkpoints) to mmengine.
 """
 import datetime
+import logging
 
 import mmengine.model  # noqa: F401  registers mmengine's model wrappers
 import torch
@@ -17,28 +19,33 @@ from mmengine.registry import MODEL_WRAPPERS
 from torch.nn.parallel import DistributedDataParallel
 
 
-def prepare_distributed(cfg: Config, launcher: str) -> None:
-    """Readies ``cfg`` for a distributed run started by ``launcher`` on this machine.
+def _sync_bn_to_bn(node) -> int:
+    """Turns every SyncBN norm (torch's or mmcv's) under ``node`` into ``'BN'``; how many."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') in ('SyncBN', 'MMSyncBN'):
+            node['type'] = 'BN'
+            count += 1
+        node = list(node.values())
+    if isinstance(node, (list, tuple)):
+        count += sum(_sync_bn_to_bn(value) for value in node)
+    return count
 
-    Without CUDA (launcher ``'pytorch'``, i.e. torchrun): an ``'nccl'`` backend in
-    ``env_cfg.dist_cfg`` becomes ``'gloo'``; the process group is initialised here from
-    torchrun's environment, so the Runner skips ``init_dist``; the DDP wrapper gets
-    ``device_ids=None``. With CUDA, or ``launcher='none'``: nothing to do.
+
+def adapt_to_cpu(cfg: Config) -> None:
+    """The config changes a distributed run without CUDA needs (see the module's docstring).
+
+    An ``'nccl'`` backend in ``env_cfg.dist_cfg`` becomes ``'gloo'``; SyncBN norms of the
+    model become BN (each process then normalises over its own batch) and ``sync_bn`` is
+    dropped; the DDP wrapper gets ``device_ids=None``.
     """
-    if launcher == 'none' or torch.cuda.is_available():
-        return
-    if launcher != 'pytorch':
-        raise ValueError(f'--launcher {launcher} needs CUDA (mmengine sets a CUDA device); on '
-                         'machines without GPUs start the processes with torchrun '
-                         '(tools/dist_train.sh, --launcher pytorch) on each node')
     dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
     if dist_cfg.get('backend', 'nccl') == 'nccl':
         dist_cfg['backend'] = 'gloo'
         print_log("no CUDA: distributed backend 'gloo' instead of 'nccl'", logger='current')
-    if not dist.is_initialized():
-        timeout = dist_cfg.get('timeout')
-        extra = {} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))
-        dist.init_process_group(backend=dist_cfg['backend'], **extra)
+    if _sync_bn_to_bn(cfg.model) + (cfg.pop('sync_bn', None) is not None):
+        print_log('no CUDA: SyncBN runs on GPUs only; BN instead, over each process\'s batch',
+                  logger='current', level=logging.WARNING)
     wrapper = cfg.get('model_wrapper_cfg') or dict(
         type='MMDistributedDataParallel', broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
@@ -46,3 +53,24 @@ def prepare_distributed(cfg: Config, launcher: str) -> None:
                   DistributedDataParallel):
         wrapper.setdefault('device_ids', None)
     cfg.model_wrapper_cfg = wrapper
+
+
+def prepare_distributed(cfg: Config, launcher: str) -> None:
+    """Readies ``cfg`` and the process for a distributed run started by ``launcher``.
+
+    Without CUDA (launcher ``'pytorch'``, i.e. torchrun): :func:`adapt_to_cpu`, and the process
+    group is initialised here from torchrun's environment, so the Runner skips ``init_dist``.
+    With CUDA, or ``launcher='none'``: nothing to do.
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    if launcher != 'pytorch':
+        raise ValueError(f'--launcher {launcher} needs CUDA (mmengine sets a CUDA device); on '
+                         'machines without GPUs start the processes with torchrun '
+                         '(tools/dist_train.sh, --launcher pytorch) on each node')
+    adapt_to_cpu(cfg)
+    if not dist.is_initialized():
+        dist_cfg = cfg['env_cfg']['dist_cfg']
+        timeout = dist_cfg.get('timeout')
+        extra = {} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))
+        dist.init_process_group(backend=dist_cfg['backend'], **extra)

@@ -188,6 +188,20 @@ def test_two_process_cpu_training(demo_coco, tmp_path):
     assert torch.load(work_dir / 'iter_2.pth')['meta']['iter'] == 2
 
 
+def test_cpu_config_of_a_syncbn_model(tmp_path):
+    """mmseg's configs norm with SyncBN (GPU only) and name NCCL: both adapted for CPU."""
+    from plugins.distributed import adapt_to_cpu
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/seg/deeplabv3_r50-d8-drconv-c3-c5_'
+                                              '4xb2-40k_cityscapes-512x1024.py'))
+    cfg.sync_bn = 'torch'
+    assert 'SyncBN' in str(cfg.model) and cfg.env_cfg.dist_cfg.backend == 'nccl'
+    adapt_to_cpu(cfg)
+    assert 'SyncBN' not in str(cfg.model) and "'type': 'BN'" in str(cfg.model)
+    assert 'sync_bn' not in cfg and cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.type == 'MMDistributedDataParallel'
+    assert cfg.model_wrapper_cfg.device_ids is None
+
+
 def test_cpu_slurm_launcher_is_refused_with_the_alternative():
     if torch.cuda.is_available():
         pytest.skip('the refusal is for machines without CUDA')
