@@ -4,9 +4,11 @@ Needs only torch. The op is :func:`region_conv`, the layer :class:`DRConv2d`; th
 registration lives in the top-level ``plugins`` package.
 """
 from .drconv2d import DRConv2d
+from .factors import Factors
 from .filter_generator import BasesFilterGenerator, PaperFilterGenerator
 from .region_conv import region_conv, region_conv_dense
+from .region_conv_factored import region_conv_factored
 
-__all__ = ['DRConv2d', 'region_conv', 'region_conv_dense', 'PaperFilterGenerator',
-           'BasesFilterGenerator']
+__all__ = ['DRConv2d', 'region_conv', 'region_conv_dense', 'region_conv_factored', 'Factors',
+           'PaperFilterGenerator', 'BasesFilterGenerator']
 __version__ = '0.1.0'

@@ -30,16 +30,19 @@ import os.path as osp
 import subprocess
 import tempfile
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .factors import Factors
 from .patches import Geometry, channels_last
 from .scratch import scratch
 
-SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc', 'region_conv_avx512.cpp')
-FLAGS = ['-O3', '-mavx512f', '-fopenmp', '-shared', '-fPIC', '-std=c++17']
+SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc', 'region_conv_simd.cpp')
+FLAGS = ['-O3', '-fopenmp', '-shared', '-fPIC', '-std=c++17']
+# the instruction sets the kernels are built for, by torch's name of the CPU's capability
+ISA_FLAGS = {'AVX512': ['-mavx512f'], 'AVX2': ['-mavx2', '-mfma']}
 SWITCH = 'DRCONV_CPU_KERNEL'
 
 
@@ -52,14 +55,22 @@ def cache_dir() -> str:
     return osp.join(base, 'drconv')
 
 
-def build(compiler: str, folder: str) -> str:
-    """Compile the kernel with ``compiler`` into ``folder`` unless built there already; return
-    the library's path. Raises OSError or subprocess.CalledProcessError when the build fails."""
+def instruction_set() -> Optional[str]:
+    """``'AVX512'`` or ``'AVX2'``: the vector instructions the kernels use on this CPU, or None
+    when it has neither."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return next((isa for isa in ISA_FLAGS if capability.startswith(isa)), None)
+
+
+def build(compiler: str, folder: str, isa: str = 'AVX2') -> str:
+    """Compile the kernels for ``isa`` with ``compiler`` into ``folder`` unless built there
+    already; return the library's path. Raises OSError or subprocess.CalledProcessError when the
+    build fails."""
     with open(SOURCE, 'rb') as f:
         source = f.read()
-    command: List[str] = [compiler, *FLAGS]
+    command: List[str] = [compiler, *FLAGS, *ISA_FLAGS[isa]]
     key = hashlib.sha256(source + ' '.join(command).encode()).hexdigest()[:16]
-    path = osp.join(folder, f'region_conv_avx512_{key}.so')
+    path = osp.join(folder, f'region_conv_{isa.lower()}_{key}.so')
     if osp.exists(path):
         return path
     os.makedirs(folder, exist_ok=True)
@@ -76,12 +87,35 @@ def build(compiler: str, folder: str) -> str:
     return path
 
 
+class FilterSource(ctypes.Structure):
+    """Where the kernels read a group's filters (``Filters`` in the C++ source): explicit
+    filters, or :class:`Factors`. Made by :func:`explicit_source` and :func:`factored_source`,
+    which keep the tensors it points into alive in ``tensors``."""
+
+    _fields_ = [('filters', ctypes.c_void_p), ('weight', ctypes.c_void_p),
+                ('bias', ctypes.c_void_p), ('terms', ctypes.c_void_p), ('coef', ctypes.c_void_p),
+                ('shared', ctypes.c_int64), ('group_stride', ctypes.c_int64),
+                ('out_stride', ctypes.c_int64), ('tap_stride', ctypes.c_int64),
+                ('in_stride', ctypes.c_int64), ('n_terms', ctypes.c_int64),
+                ('terms_by_region', ctypes.c_int64), ('terms_by_tap', ctypes.c_int64),
+                ('coef_by_tap', ctypes.c_int64)]
+
+
+class FactorGradBuffers(ctypes.Structure):
+    """The factors' gradients the factored filter-gradient kernel adds to (``FactorGrads``)."""
+
+    _fields_ = [('weight', ctypes.c_void_p), ('bias', ctypes.c_void_p),
+                ('terms', ctypes.c_void_p), ('coef_parts', ctypes.c_void_p),
+                ('block_rows', ctypes.c_int64)]
+
+
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
     """The built kernels, or None (with a warning) when they cannot be built or loaded."""
     compiler = os.environ.get('CXX', 'c++')
+    isa = instruction_set() or 'AVX2'
     try:
-        lib = ctypes.CDLL(build(compiler, cache_dir()))
+        lib = ctypes.CDLL(build(compiler, cache_dir(), isa))
     except subprocess.CalledProcessError as e:
         warnings.warn(f'drconv: building {SOURCE} with {compiler} failed, so region_conv runs '
                       f'its PyTorch path on CPU:\n{e.stderr}')
@@ -90,24 +124,63 @@ def library() -> Optional[ctypes.CDLL]:
         warnings.warn(f'drconv: could not build or load {SOURCE} with {compiler} ({e}), so '
                       'region_conv runs its PyTorch path on CPU')
         return None
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    lib.drconv_region_forward_f32.argtypes = [pointer] * 6 + [ctypes.c_int]
+    pointer, size, source = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(FilterSource)
+    lib.drconv_region_forward_f32.argtypes = [pointer, source] + [pointer] * 5 + [ctypes.c_int]
+    lib.drconv_region_of.argtypes = [pointer, size, size, size, pointer, ctypes.c_int]
+    lib.drconv_region_of.restype = None
     lib.drconv_transpose_f32.argtypes = [pointer, pointer, size, size, size, ctypes.c_int]
     lib.drconv_transpose_f32.restype = None
     lib.drconv_sort_by_group.argtypes = [pointer, size, size, size, pointer, pointer]
-    for kernel in (lib.drconv_region_filter_grad_f32, lib.drconv_region_input_grad_f32):
-        kernel.argtypes = [pointer] * 6 + [ctypes.c_int]
-    lib.drconv_region_scores_f32.argtypes = [pointer] * 8 + [ctypes.c_int]
+    lib.drconv_region_filter_grad_f32.argtypes = [pointer] * 6 + [ctypes.c_int]
+    lib.drconv_factored_filter_grad_f32.argtypes = (
+        [pointer] * 4 + [source, ctypes.POINTER(FactorGradBuffers), pointer, ctypes.c_int])
+    lib.drconv_region_input_grad_f32.argtypes = [source] + [pointer] * 5 + [ctypes.c_int]
+    lib.drconv_region_scores_f32.argtypes = [pointer, source] + [pointer] * 6 + [ctypes.c_int]
     return lib
 
 
 def is_available(x: Tensor) -> bool:
-    """Whether the kernels run on ``x``: a float32 CPU tensor, a CPU with AVX-512, the kernels
-    built, and ``DRCONV_CPU_KERNEL`` not ``0``."""
+    """Whether the kernels run on ``x``: a float32 CPU tensor, a CPU with AVX-512 or AVX2, the
+    kernels built, and ``DRCONV_CPU_KERNEL`` not ``0``."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32
-            and os.environ.get(SWITCH, '1') != '0'
-            and torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+            and os.environ.get(SWITCH, '1') != '0' and instruction_set() is not None
             and library() is not None)
+
+
+def explicit_source(filters: Tensor, shared: bool = False) -> FilterSource:
+    """The source of explicit filters, read where they lie.
+
+    Args:
+        filters (Tensor[B, m, C_out, C_in, kh, kw] or, ``shared`` by the samples,
+            Tensor[m, C_out, C_in, kh, kw]): any strides; copied only when its (sample, region)
+            or its (kh, kw) dims cannot be read as one dim each.
+    """
+    if shared:
+        filters = filters.unsqueeze(0)
+    b, m, _, _, kh, kw = filters.shape
+    s = filters.stride()
+    if (b > 1 and m > 1 and s[0] != m * s[1]) or (kh > 1 and kw > 1 and s[4] != kw * s[5]):
+        filters = filters.contiguous()
+        s = filters.stride()
+    source = FilterSource(filters=filters.data_ptr(), shared=int(shared),
+                          group_stride=s[1] if m > 1 else s[0], out_stride=s[2],
+                          tap_stride=s[5] if kw > 1 else s[4], in_stride=s[3])
+    source.tensors, source.regions = (filters,), m
+    return source
+
+
+def factored_source(f: Factors) -> FilterSource:
+    """The source of factored filters: :class:`Factors`, float32, with ``weight`` as
+    (C_out, kh, kw, C_in) in memory and the others contiguous."""
+    if not f.weight.permute(0, 2, 3, 1).is_contiguous():
+        raise ValueError('factored_source: weight must lie as (C_out, kh, kw, C_in)')
+    source = FilterSource(
+        weight=f.weight.data_ptr(), bias=f.bias.data_ptr() if f.bias is not None else None,
+        terms=f.terms.data_ptr(), coef=f.coef.data_ptr(), n_terms=f.terms.shape[1],
+        terms_by_region=int(f.terms.shape[0] > 1), terms_by_tap=int(f.terms.dim() == 6),
+        coef_by_tap=int(f.coef.shape[-1] > 1))
+    source.tensors = tuple(f)
+    return source
 
 
 def channels_last_rows(t: Tensor, name: str, threads: int) -> Tensor:
@@ -136,11 +209,11 @@ def sort_by_group(region: Tensor, regions: int) -> Tuple[Tensor, Tensor]:
     return order, starts
 
 
-def shape_of(x: Tensor, filters: Tensor, out_size: Tuple[int, int], geo: Geometry) -> Tensor:
+def shape_of(x: Tensor, regions: int, c_out: int, out_size: Tuple[int, int],
+             geo: Geometry) -> Tensor:
     """The kernels' geometry argument."""
     b, c_in, h, w = x.shape
-    m, c_out = filters.shape[1:3]
-    return torch.tensor([b, m, c_in, h, w, c_out, *out_size, *geo.kernel, *geo.stride,
+    return torch.tensor([b, regions, c_in, h, w, c_out, *out_size, *geo.kernel, *geo.stride,
                          *geo.padding, *geo.dilation], dtype=torch.int64)
 
 
@@ -163,88 +236,170 @@ def from_channels_last_rows(rows: Tensor, like: Tensor, threads: int) -> Tensor:
     return out
 
 
-def forward(x: Tensor, filters: Tensor, region: Tensor, out_size: Tuple[int, int],
-            geo: Geometry) -> Tensor:
+def region_of(guide: Tensor) -> Tensor:
+    """Each pixel's region, the first of its largest guide logits (NaN the largest, as torch's
+    max): guide (B, m, H_out, W_out), float32 -> (B, L) int64."""
+    b, m = guide.shape[:2]
+    guide = guide.contiguous()
+    region = torch.empty(b, guide[0, 0].numel(), dtype=torch.int64)
+    library().drconv_region_of(guide.data_ptr(), b, m, region.shape[1], region.data_ptr(),
+                               torch.get_num_threads())
+    return region
+
+
+def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: Tensor,
+            out_size: Tuple[int, int], geo: Geometry, bias: Optional[Tensor] = None) -> Tensor:
     """Selected-filter convolution with the kernel.
 
     Args:
         x (Tensor[B, C_in, H, W]): input, float32 on CPU, any memory format.
-        filters (Tensor[B, m, C_out, K]): region filters, K ordered (kh, kw, C_in).
+        source (FilterSource): the region filters (:func:`explicit_source` of
+            Tensor[B, m, C_out, K], K ordered (kh, kw, C_in), or :func:`factored_source`).
+        regions, c_out (int): m and C_out.
         region (Tensor[B, L]): region of each output pixel, L = H_out * W_out.
         out_size (Tuple[int, int]): (H_out, W_out).
         geo (Geometry): kernel, stride, padding, dilation.
+        bias (Tensor[C_out]): added to the output, if given.
 
     Returns:
         Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
     """
     threads = torch.get_num_threads()
     b = x.shape[0]
-    m, c_out = filters.shape[1:3]
     # in the scratch the PyTorch backward gathers patches into, not in one of its own: a 1x1
     # layer's backward, which reads x's columns, would otherwise keep 4 MiB more at the target
     x_rows = channels_last_rows(x, 'patches', threads)
-    filters = filters.contiguous()
-    order, starts = sort_by_group(region, m)
+    order, starts = sort_by_group(region, regions)
     # the output itself when channels-last, else rows transposed at the end: faster than
     # storing each result to its NCHW place
     out_rows = (torch.empty(b, *out_size, c_out) if channels_last(x) else
                 scratch('result_rows', b * out_size[0] * out_size[1] * c_out, x)
                 .view(b, *out_size, c_out))
-    shape = shape_of(x, filters, out_size, geo)
+    shape = shape_of(x, regions, c_out, out_size, geo)
+    bias = bias.contiguous() if bias is not None else None  # referenced: a pointer
     check(library().drconv_region_forward_f32(
-        x_rows.data_ptr(), filters.data_ptr(), order.data_ptr(), starts.data_ptr(),
-        out_rows.data_ptr(), shape.data_ptr(), threads), 'forward')
+        x_rows.data_ptr(), source, order.data_ptr(), starts.data_ptr(),
+        bias.data_ptr() if bias is not None else None, out_rows.data_ptr(), shape.data_ptr(),
+        threads), 'forward')
     return from_channels_last_rows(out_rows, x, threads)
 
 
-def backward(grad_out: Tensor, x: Tensor, filters: Tensor, region: Tensor, geo: Geometry,
-             need_input: bool, need_filters: bool, need_scores: bool
-             ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+def factor_grad_rows(c_out: int, threads: int) -> int:
+    """Output channels per work item of the factored filter gradient: about three items per
+    thread, in whole register tiles (12 rows)."""
+    per_item = -(-c_out // (3 * threads))
+    return -(-per_item // 12) * 12
+
+
+class Backward(NamedTuple):
+    """What :func:`backward` returns, None where not asked for.
+
+    Attributes:
+        grad_x (Tensor[B, C_in, H, W]): in the memory format of x.
+        grad_filters (Tensor[B, m, C_out, K] or Factors): of explicit filters, or of each factor
+            (a factor's gradient is None when the factor is).
+        scores (Tensor[B, L, m]): ``scores[b, p, j] = <dL/dy_p, (W[b, j] * x)_p>``, what the
+            exact guide gradient is made of.
+    """
+
+    grad_x: Optional[Tensor]
+    grad_filters: Optional[object]
+    scores: Optional[Tensor]
+
+
+def stand_in_starts(starts: Tensor, regions: int, stand_ins: int) -> Tensor:
+    """Group offsets (B * stand_ins + 1) that put every pixel of a sample in its first
+    stand-in region, from the offsets of its ``regions`` groups (B * regions + 1)."""
+    sample_starts = starts[::regions]  # (B + 1)
+    ends = sample_starts[1:, None].expand(-1, stand_ins - 1)
+    return torch.cat([torch.cat([sample_starts[:-1, None], ends], 1).reshape(-1),
+                      sample_starts[-1:]])
+
+
+def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, region: Tensor,
+             geo: Geometry, need_input: bool, need_filters: bool, need_scores: bool,
+             factors: Optional[Factors] = None, score_source: Optional[FilterSource] = None
+             ) -> Backward:
     """The gradients of x and of the filters, and every region's scores, with the kernels.
 
     Args:
         grad_out (Tensor[B, C_out, H_out, W_out]): gradient of the output.
-        x, filters, region, geo: as in :func:`forward`.
+        x, source, regions, region, geo: as in :func:`forward`.
         need_input, need_filters, need_scores (bool): whether to compute those.
-
-    Returns:
-        (grad_x, grad_filters, scores): Tensor[B, C_in, H, W] in the memory format of x,
-        Tensor[B, m, C_out, K] and Tensor[B, L, m], or None each. ``scores[b, p, j]`` is
-        <dL/dy_p, (W[b, j] * x)_p>, what the exact guide gradient is made of.
+        factors (Factors): the factors ``source`` was made of, if it was: the filters'
+            gradient is then each factor's.
+        score_source (FilterSource): stand-in filters shared by the samples, (n, C_out, K),
+            whose scores are computed instead of the regions' (Tensor[B, L, n]).
     """
     threads = torch.get_num_threads()
     b, c_in, h, w = x.shape
-    m, c_out = filters.shape[1:3]
+    c_out = grad_out.shape[1]
+    out_size = tuple(grad_out.shape[2:])
     lib = library()
     grad_rows = channels_last_rows(grad_out, 'grad_rows', threads)
     x_rows = channels_last_rows(x, 'input_rows', threads) if need_filters or need_scores else None
-    filters = filters.contiguous()
-    order, starts = sort_by_group(region, m)
-    shape = shape_of(x, filters, tuple(grad_out.shape[2:]), geo)
+    order, starts = sort_by_group(region, regions)
+    shape = shape_of(x, regions, c_out, out_size, geo)
     grad_x = grad_filters = scores = None
-    if need_filters:
-        grad_filters = torch.empty_like(filters)
+    if need_filters and factors is None:
+        grad_filters = x.new_empty(b, regions, c_out, w_numel(geo, c_in))
         check(lib.drconv_region_filter_grad_f32(
             x_rows.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
             grad_filters.data_ptr(), shape.data_ptr(), threads), 'filter gradient')
+    elif need_filters:
+        grad_filters = factor_grads(x_rows, grad_rows, order, starts, source, factors, shape,
+                                    threads)
     if need_input:
         grad_x = (torch.zeros(b, h, w, c_in) if channels_last(x) else
                   scratch('result_rows', x.numel(), x).view(b, h, w, c_in).zero_())
     # scores as patch gradients (K <= C_out) hold x's gradient, which a 1x1 kernel may add
     # there: no two pixels share an input pixel
-    fused_x = (need_scores and need_input and geo.kernel == (1, 1)
-               and filters.shape[-1] <= c_out)
+    fused_x = (need_scores and need_input and geo.kernel == (1, 1) and c_in <= c_out
+               and score_source is None)
     if need_scores:
-        scores = x.new_zeros(order.numel(), m)
+        score_regions, score_starts = regions, starts
+        if score_source is not None:
+            score_regions = score_source.regions
+            score_starts = stand_in_starts(starts, regions, score_regions)
+        scores = x.new_zeros(order.numel(), score_regions)
+        score_shape = shape_of(x, score_regions, c_out, out_size, geo)  # referenced: a pointer
         check(lib.drconv_region_scores_f32(
-            x_rows.data_ptr(), filters.data_ptr(), grad_rows.data_ptr(), order.data_ptr(),
-            starts.data_ptr(), scores.data_ptr(), grad_x.data_ptr() if fused_x else None,
-            shape.data_ptr(), threads), 'scores')
-        scores = scores.view(b, -1, m)
+            x_rows.data_ptr(), score_source or source, grad_rows.data_ptr(), order.data_ptr(),
+            score_starts.data_ptr(), scores.data_ptr(),
+            grad_x.data_ptr() if fused_x else None,
+            score_shape.data_ptr(), threads), 'scores')
+        scores = scores.view(b, -1, score_regions)
     if need_input and not fused_x:
         check(lib.drconv_region_input_grad_f32(
-            filters.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
+            source, grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(),
             grad_x.data_ptr(), shape.data_ptr(), threads), 'input gradient')
     if need_input:
         grad_x = from_channels_last_rows(grad_x, x, threads)
-    return grad_x, grad_filters, scores
+    return Backward(grad_x, grad_filters, scores)
+
+
+def w_numel(geo: Geometry, c_in: int) -> int:
+    """K, a filter's values per output channel."""
+    return geo.kernel[0] * geo.kernel[1] * c_in
+
+
+def factor_grads(x_rows: Tensor, grad_rows: Tensor, order: Tensor, starts: Tensor,
+                 source: FilterSource, factors: Factors, shape: Tensor, threads: int) -> Factors:
+    """Each factor's gradient (the weight's lying as (C_out, kh, kw, C_in) in memory), reduced
+    from every group's filter gradient in the kernel, which never holds more than a block of
+    one group's."""
+    c_out = factors.weight.shape[0]
+    rows = factor_grad_rows(c_out, threads)
+    blocks = -(-c_out // rows)
+    grads = Factors(torch.zeros_like(factors.weight),
+                    None if factors.bias is None else torch.zeros_like(factors.bias),
+                    torch.zeros_like(factors.terms),
+                    factors.coef.new_zeros(blocks, *factors.coef.shape))
+    buffers = FactorGradBuffers(
+        weight=grads.weight.data_ptr(),
+        bias=grads.bias.data_ptr() if grads.bias is not None else None,
+        terms=grads.terms.data_ptr(), coef_parts=grads.coef.data_ptr(), block_rows=rows)
+    check(library().drconv_factored_filter_grad_f32(
+        x_rows.data_ptr(), grad_rows.data_ptr(), order.data_ptr(), starts.data_ptr(), source,
+        buffers, shape.data_ptr(), threads), 'factored filter gradient')
+    return grads._replace(coef=grads.coef.sum(0))

@@ -2,14 +2,18 @@
 import contextlib
 import hashlib
 import inspect
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._utils import IntPair, pair
+from .factors import Factors
 from .filter_generator import FILTER_GENERATORS, BasesFilterGenerator, PaperFilterGenerator
-from .region_conv import GUIDE_GRADS, region_conv, region_conv_dense
+from .guide_conv import GuideConv
+from .region_conv import GUIDE_GRADS, region_conv_dense
+from .region_conv_factored import region_conv_factored
 
 
 def _exporting() -> bool:
@@ -41,7 +45,9 @@ class DRConv2d(nn.Conv2d):
 
     A guide conv (k x k, same stride, padding and dilation, C_in -> m) assigns each output pixel
     to the region of its largest guide logit. A filter generator gives each sample m filters,
-    ``weight + delta[b, r]``, and each pixel is convolved with its region's filter only.
+    ``weight + delta[b, r]`` in factored form (:class:`drconv.Factors`), and each pixel is
+    convolved with its region's filter only (:func:`drconv.region_conv_factored`: on the CPU
+    kernels' path the filters are formed where they are used, never held in memory).
 
     ``weight`` and ``bias`` are a standard conv's, so standard checkpoints load into them
     (``strict=False``: the guide and generator keys are new). The generated ``delta`` starts at
@@ -65,19 +71,21 @@ class DRConv2d(nn.Conv2d):
         filter_generator (str): ``'paper'`` (pool -> 1x1 conv -> sigmoid -> grouped 1x1 conv,
             the paper's design) or ``'bases'`` (mixtures of shared kernels, the official
             code's design). Default: ``'paper'``
-        num_bases (int): base kernels of the ``'bases'`` generator. Default: 4
+        num_bases (int): base kernels of the ``'bases'`` generator (refused with
+            ``'paper'``). Default: 4
         guide_grad (str): ``'exact'`` or ``'top2'``, the guide gradient of
             :func:`drconv.region_conv` (``'top2'`` is a cheaper approximation). Default: 'exact'
         padding_mode (str): must be ``'zeros'``.
 
     Shape:
-        input (B, C_in, H, W) -> output (B, C_out, H_out, W_out), as nn.Conv2d.
+        input (B, C_in, H, W) or unbatched (C_in, H, W) -> output (B, C_out, H_out, W_out) or
+        (C_out, H_out, W_out), as nn.Conv2d; an empty batch gives an empty output.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
                  groups: int = 1, bias: bool = True, region_num: int = 8,
-                 filter_generator: str = 'paper', num_bases: int = 4,
+                 filter_generator: str = 'paper', num_bases: Optional[int] = None,
                  guide_grad: str = 'exact', padding_mode: str = 'zeros', device=None,
                  dtype=None, **unexpected):
         if unexpected:
@@ -85,6 +93,10 @@ class DRConv2d(nn.Conv2d):
                         if p not in ('self', 'unexpected')]
             raise TypeError(f'DRConv2d got unexpected argument(s) {sorted(unexpected)}; '
                             f'accepted: {accepted}')
+        if num_bases is not None and filter_generator != 'bases':
+            raise ValueError(f"DRConv2d: num_bases applies to filter_generator='bases' only, "
+                             f'got num_bases={num_bases!r} with {filter_generator!r}')
+        num_bases = 4 if num_bases is None else num_bases
         for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
                             ('region_num', region_num), ('num_bases', num_bases)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -112,7 +124,7 @@ class DRConv2d(nn.Conv2d):
         self.guide_grad = guide_grad
         factory = dict(device=device, dtype=dtype)
         with _own_random_stream([self.weight.device]):
-            self.guide_conv = nn.Conv2d(in_channels, region_num, kernel_size, stride, padding,
+            self.guide_conv = GuideConv(in_channels, region_num, kernel_size, stride, padding,
                                         dilation, **factory)
             if filter_generator == 'paper':
                 generator = PaperFilterGenerator(in_channels, out_channels, kernel_size,
@@ -143,9 +155,9 @@ class DRConv2d(nn.Conv2d):
         return self
 
     def region_filters(self, x: Tensor) -> Tensor:
-        """Each sample's region filters: x (B, C_in, H, W) -> (B, m, C_out, C_in, kh, kw)."""
-        delta = self.filter_generator(x)
-        return delta + self.weight.view(1, 1, *self.weight.shape).to(delta.dtype)
+        """Each sample's region filters, materialised: x (B, C_in, H, W) ->
+        (B, m, C_out, C_in, kh, kw)."""
+        return self.filter_generator(x, self.weight).materialize()
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias) -> Tensor:
         """Refuses the static-conv call through which conv-BN fusion runs a conv."""
@@ -156,22 +168,37 @@ class DRConv2d(nn.Conv2d):
             'compute another result. Turn efficient_conv_bn_eval off where DRConv is used.')
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (B, C_in, H, W) -> (B, C_out, H_out, W_out)."""
+        """x (B, C_in, H, W) -> (B, C_out, H_out, W_out); x (C_in, H, W) -> (C_out, H_out, W_out)."""
         if isinstance(x, torch.fx.Proxy):
             raise RuntimeError(
                 'DRConv2d cannot be traced by torch.fx.symbolic_trace (its regions depend on '
                 "the input's values); mmengine's efficient_conv_bn_eval traces the modules it "
                 'names: leave the modules that hold DRConv out of its list.')
+        if x.dim() == 3:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 4:
+            raise ValueError(f'DRConv2d: expected input (B, C_in, H, W) or (C_in, H, W), got '
+                             f'shape {tuple(x.shape)}')
         guide = self.guide_conv(x)
-        filters = self.region_filters(x)
+        factors = self.filter_generator(x, self.weight)
         if _exporting():
-            out = region_conv_dense(x, filters, guide, self.stride, self.padding, self.dilation)
-        else:
-            out = region_conv(x, filters, guide, self.stride, self.padding, self.dilation,
-                              guide_grad=self.guide_grad)
+            out = region_conv_dense(x, factors.materialize(), guide, self.stride, self.padding,
+                                    self.dilation)
+        elif guide.numel() == 0:
+            out = self._empty_output(x, guide, factors)
+        else:  # the bias added as the output is written
+            return region_conv_factored(x, factors, guide, self.stride, self.padding,
+                                        self.dilation, bias=self.bias, guide_grad=self.guide_grad)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out
+
+    def _empty_output(self, x: Tensor, guide: Tensor, factors: Factors) -> Tensor:
+        """The output of an empty batch (or spatial size), as nn.Conv2d's, connected to every
+        parameter so that each gets its (zero) gradient."""
+        out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
+        parts = (guide, *(t for t in factors if t is not None))
+        return out + sum(t.sum() for t in parts) * 0
 
     def extra_repr(self) -> str:
         text = (f'{super().extra_repr()}, region_num={self.region_num}, '

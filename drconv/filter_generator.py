@@ -1,14 +1,17 @@
-"""Filter generators: each sample's m region filters, as a change to a static conv weight.
+"""Filter generators: each sample's m region filters, in factored form (:class:`drconv.Factors`).
 
-Both return ``delta`` of shape (B, m, C_out, C_in, kh, kw) whose memory is ordered
-(B, m, C_out, kh, kw, C_in), the layout :func:`drconv.region_conv` multiplies with, so adding the
-static weight and reshaping costs no transpose. Both start at zero (their last projection is
-zero-initialised), so a fresh DRConv2d equals its static convolution.
+Both combine parameter tensors with per-sample coefficients and add the static weight, so the
+filters need never be materialised (:func:`drconv.region_conv_factored`). Both start with a zero
+change (their parameter tensors are zero-initialised), so a fresh DRConv2d equals its static
+convolution.
 """
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .factors import Factors
 
 
 def adaptive_pool_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
@@ -30,9 +33,10 @@ class PaperFilterGenerator(nn.Module):
     """The paper's generator (DRConv, Sec. 3.2).
 
     Adaptive average pool to kh x kw -> 1x1 conv C_in -> m*m -> sigmoid -> grouped 1x1 conv
-    (groups=m) giving m*C_out*C_in values at each of the kh x kw positions. Its projection has
-    m*m*C_out*C_in parameters (m*m/(kh*kw) times a conv's): prefer :class:`BasesFilterGenerator`
-    for wide layers.
+    (groups=m, with bias) giving m*C_out*C_in values at each of the kh x kw positions: region
+    r's filter at tap t is ``weight + bias[r] + sum_c projection[r, c] * hidden[b, r, c, t]``.
+    Its projection has m*m*C_out*C_in parameters (m*m/(kh*kw) times a conv's): prefer
+    :class:`BasesFilterGenerator` for wide layers.
 
     Args:
         in_channels (int): C_in.
@@ -41,39 +45,58 @@ class PaperFilterGenerator(nn.Module):
         region_num (int): m.
     """
 
+    # 2: projection stored (m regions, m inputs, C_out, C_in) and a bias (m, C_out, C_in);
+    # 1 (or none): projection (m, C_out, C_in, m), no bias (loaded as a zero bias)
+    _version = 2
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int],
                  region_num: int):
         super().__init__()
         self.kernel_size = kernel_size
         self.region_num = region_num
         self.squeeze = nn.Conv2d(in_channels, region_num * region_num, 1)
-        # grouped 1x1 conv weight, stored (m groups, C_out, C_in, m inputs per group)
+        # the grouped 1x1 conv: weight (m groups, m inputs per group, C_out, C_in), bias
         self.projection = nn.Parameter(
-            torch.empty(region_num, out_channels, in_channels, region_num))
+            torch.empty(region_num, region_num, out_channels, in_channels))
+        self.bias = nn.Parameter(torch.empty(region_num, out_channels, in_channels))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Zero the projection: the generated change starts at zero."""
+        """Zero the projection and its bias: the generated change starts at zero."""
         nn.init.zeros_(self.projection)
+        nn.init.zeros_(self.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, C_in, H, W) -> delta (B, m, C_out, C_in, kh, kw)."""
+    def forward(self, x: Tensor, weight: Tensor) -> Factors:
+        """x (B, C_in, H, W) and the static weight (C_out, C_in, kh, kw) -> the region filters:
+        terms the projection (m, m, C_out, C_in), coef the hidden units (B, m, m, kh * kw)."""
         m = self.region_num
-        pool_h = adaptive_pool_matrix(x.shape[2], self.kernel_size[0], x)
-        pool_w = adaptive_pool_matrix(x.shape[3], self.kernel_size[1], x)
-        pooled = torch.matmul(torch.matmul(pool_h, x), pool_w.t())  # (B, C_in, kh, kw)
-        hidden = torch.sigmoid(self.squeeze(pooled)).flatten(2)  # (B, m*m, kh*kw)
-        hidden = hidden.view(x.shape[0], m, m, -1)  # (B, group, input, position)
-        delta = torch.einsum('goic,bgcp->bgopi', self.projection, hidden)
-        delta = delta.reshape(*delta.shape[:3], *self.kernel_size, delta.shape[-1])
-        return delta.permute(0, 1, 2, 5, 3, 4)
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            # as matrix products: ONNX has no adaptive pooling to sizes that do not divide
+            pool_h = adaptive_pool_matrix(x.shape[2], self.kernel_size[0], x)
+            pool_w = adaptive_pool_matrix(x.shape[3], self.kernel_size[1], x)
+            pooled = torch.matmul(torch.matmul(pool_h, x), pool_w.t())  # (B, C_in, kh, kw)
+        else:
+            pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
+        hidden = torch.sigmoid(self.squeeze(pooled))  # (B, m*m, kh, kw)
+        hidden = hidden.reshape(x.shape[0], m, m, self.kernel_size[0] * self.kernel_size[1])
+        return Factors(weight, self.bias, self.projection, hidden)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """Reads version 1 checkpoints: projection (m, C_out, C_in, m), no bias."""
+        key = prefix + 'projection'
+        old_shape = (self.region_num, *self.projection.shape[2:], self.region_num)
+        if ((local_metadata.get('version') or 1) < 2 and key in state_dict
+                and tuple(state_dict[key].shape) == old_shape):
+            state_dict[key] = state_dict[key].permute(0, 3, 1, 2)
+            state_dict.setdefault(prefix + 'bias', torch.zeros_like(self.bias))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
 
 class BasesFilterGenerator(nn.Module):
     """The official code's generator: each region's filter mixes ``num_bases`` shared kernels.
 
     Routing weights per sample and region come from global average pooling -> linear ->
-    2 * sigmoid(.) / num_bases.
+    2 * sigmoid(.) / num_bases; region r's filter is ``weight + sum_j mix[b, r, j] * bases[j]``.
 
     Args:
         in_channels (int): C_in.
@@ -98,14 +121,13 @@ class BasesFilterGenerator(nn.Module):
         """Zero the bases: the generated change starts at zero."""
         nn.init.zeros_(self.bases)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, C_in, H, W) -> delta (B, m, C_out, C_in, kh, kw)."""
-        b = x.shape[0]
-        logits = self.routing(x.mean(dim=(2, 3))).view(b * self.region_num, self.num_bases)
+    def forward(self, x: Tensor, weight: Tensor) -> Factors:
+        """x (B, C_in, H, W) and the static weight (C_out, C_in, kh, kw) -> the region filters:
+        terms the bases (1, num_bases, C_out, kh, kw, C_in), coef the mix (B, m, num_bases, 1)."""
+        logits = self.routing(x.mean(dim=(2, 3)))
         mix = 2.0 * torch.sigmoid(logits) / self.num_bases
-        delta = torch.mm(mix, self.bases.flatten(1))
-        delta = delta.view(b, self.region_num, *self.bases.shape[1:])
-        return delta.permute(0, 1, 2, 5, 3, 4)
+        mix = mix.view(x.shape[0], self.region_num, self.num_bases, 1)
+        return Factors(weight, None, self.bases.unsqueeze(0), mix)
 
 
 FILTER_GENERATORS = {'paper': PaperFilterGenerator, 'bases': BasesFilterGenerator}

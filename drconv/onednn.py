@@ -17,12 +17,13 @@ from torch import Tensor
 
 
 @functools.lru_cache(maxsize=None)
-def _linear_pointwise_works() -> bool:
-    """Whether this torch has the op, with the signature used here (a private op may change)."""
+def _linear_pointwise_works(dtype: torch.dtype) -> bool:
+    """Whether this torch has the op, with the signature used here (a private op may change),
+    for ``dtype`` on this CPU (bfloat16 needs instructions that AVX2 CPUs lack)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        one = torch.ones(1, 1)
+        one = torch.ones(1, 1, dtype=dtype)
         return torch.ops.mkldnn._linear_pointwise(one, one, None, 'none', [], '').item() == 1
     except (AttributeError, RuntimeError, TypeError):
         return False
@@ -31,7 +32,7 @@ def _linear_pointwise_works() -> bool:
 def available(t: Tensor) -> bool:
     """Whether :func:`linear` can run through oneDNN for operands like ``t``."""
     return (t.device.type == 'cpu' and t.dtype in (torch.float32, torch.bfloat16)
-            and _linear_pointwise_works())
+            and _linear_pointwise_works(t.dtype))
 
 
 def linear(a: Tensor, b: Tensor) -> Tensor:

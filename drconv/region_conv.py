@@ -90,12 +90,35 @@ def top2_guide_gradient(guide: Tensor, region: Tensor, second: Tensor, first_sco
     return torch.zeros_like(guide).view(b, m, -1).scatter_(1, top, grad).view_as(guide)
 
 
+def second_region(guide: Tensor, region: Tensor) -> Tensor:
+    """Each pixel's second-best region, (B, L), from guide (B, m, H_out, W_out) and its best."""
+    b = guide.shape[0]
+    others = guide.scatter(1, region.view(b, 1, *guide.shape[2:]), float('-inf'))
+    return others.max(dim=1).indices.view(b, -1)
+
+
+def guide_gradient_from_scores(guide: Tensor, region: Tensor, scores: Tensor,
+                               mode: str) -> Tensor:
+    """The guide's gradient (``mode`` ``'exact'`` or ``'top2'``) from every region's scores.
+
+    Args:
+        guide (Tensor[B, m, H_out, W_out]): guide logits.
+        region (Tensor[B, L]): each pixel's region.
+        scores (Tensor[B, L, m]): every region's score at every pixel.
+    """
+    if mode == 'exact':
+        return guide_gradient(guide, scores.permute(0, 2, 1).reshape(guide.shape))
+    second = second_region(guide, region)
+    return top2_guide_gradient(guide, region, second, scores.gather(2, region[..., None])[..., 0],
+                               scores.gather(2, second[..., None])[..., 0])
+
+
 class RegionConvFunction(torch.autograd.Function):
     """Autograd Function of :func:`region_conv`.
 
-    Forward: a fused kernel when one runs on the input (Triton on CUDA, :mod:`drconv.cpu_kernels`
-    for float32 on an AVX-512 CPU), else the sorted-rows GEMMs of :mod:`drconv.region_gemm`;
-    backward: the CPU kernels where they run (but for ``'top2'``), else those GEMMs.
+    The CPU kernels of :mod:`drconv.cpu_kernels` (float32 on an AVX-512 or AVX2 CPU) read the
+    weight where it lies and do forward and backward; elsewhere the forward is Triton's on CUDA,
+    else the sorted-rows GEMMs of :mod:`drconv.region_gemm`, which do the backward.
     """
 
     @staticmethod
@@ -104,51 +127,59 @@ class RegionConvFunction(torch.autograd.Function):
         b, c_in, h, w = x.shape
         _, m, c_out = weight.shape[:3]
         out_size = tuple(guide.shape[2:])
-        filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1).contiguous()
-        region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
-        index = patch_index((h, w), out_size, geo, x.device)
         ctx.layout = None  # the sorted rows, kept for the backward when the forward made them
+        ctx.on_kernels = cpu_kernels.is_available(x)
+        ctx.geo, ctx.guide_grad = geo, guide_grad
+        if ctx.on_kernels:
+            region = cpu_kernels.region_of(guide)
+            out = cpu_kernels.forward(x, cpu_kernels.explicit_source(weight), m, c_out, region,
+                                      out_size, geo)
+            ctx.save_for_backward(x, weight, guide, region)
+            return out
+        region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
+        filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1).contiguous()
+        index = patch_index((h, w), out_size, geo, x.device)
         if triton_forward.is_available(x):
             rows = triton_forward.forward(x, filters, region, out_size, geo.stride, geo.padding,
                                           geo.dilation, geo.kernel)
             out = from_rows(rows, out_size, x)
-        elif cpu_kernels.is_available(x):
-            out = cpu_kernels.forward(x, filters, region, out_size, geo)
         else:
             ctx.layout = row_layout(region, m, filters.shape[-1])
             out = region_gemm.forward(x, filters, ctx.layout, index, any(geo.padding), out_size)
         ctx.save_for_backward(x, filters, guide, region, index)
-        ctx.geo = geo
-        ctx.guide_grad = guide_grad
-        ctx.kernel = weight.shape[-2:]
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
+        need_x, need_w, need_g = ctx.needs_input_grad[:3]
+        if ctx.on_kernels:
+            x, weight, guide, region = ctx.saved_tensors
+            b, m, c_out, c_in, kh, kw = weight.shape
+            grad_x, grad_w, scores = cpu_kernels.backward(
+                grad_out, x, cpu_kernels.explicit_source(weight), m, region, ctx.geo, need_x,
+                need_w, need_g)
+            if need_w:
+                grad_w = grad_w.view(b, m, c_out, kh, kw, c_in).permute(0, 1, 2, 5, 3, 4)
+            grad_g = (guide_gradient_from_scores(guide, region, scores, ctx.guide_grad)
+                      if need_g else None)
+            return grad_x, grad_w, grad_g, None, None
         x, filters, guide, region, index = ctx.saved_tensors
         b, c_in = x.shape[:2]
         _, m, c_out, _ = filters.shape
-        need_x, need_w, need_g = ctx.needs_input_grad[:3]
         zero_row = any(ctx.geo.padding)
         scores_of = ({'exact': 'all', 'top2': 'selected'}[ctx.guide_grad] if need_g else None)
-        # the CPU kernels where they run, but for 'top2': its selected scores come with x's
-        # patch gradient on the PyTorch path
-        if cpu_kernels.is_available(x) and scores_of != 'selected':
-            grad_x, grad_filters, scores = cpu_kernels.backward(
-                grad_out, x, filters, region, ctx.geo, need_x, need_w, scores_of == 'all')
-        else:
-            layout = ctx.layout or row_layout(region, m, filters.shape[-1])
-            grad_x, grad_filters, scores = region_gemm.backward(
-                grad_out, x, filters, layout, index, zero_row, need_x, need_w, scores_of)
+        layout = ctx.layout or row_layout(region, m, filters.shape[-1])
+        grad_x, grad_filters, scores = region_gemm.backward(
+            grad_out, x, filters, layout, index, zero_row, need_x, need_w, scores_of)
         grad_w = grad_g = None
         if need_w:
-            grad_w = grad_filters.view(b, m, c_out, *ctx.kernel, c_in).permute(0, 1, 2, 5, 3, 4)
+            grad_w = grad_filters.view(b, m, c_out, *ctx.geo.kernel, c_in).permute(
+                0, 1, 2, 5, 3, 4)
         if need_g and ctx.guide_grad == 'exact':
             grad_g = guide_gradient(guide, scores.permute(0, 2, 1).reshape(guide.shape))
         elif need_g:  # 'top2': one more grouped pass, by each pixel's second-best region
-            others = guide.scatter(1, region.view(b, 1, *guide.shape[2:]), float('-inf'))
-            second = others.max(dim=1).indices.view(b, -1)
+            second = second_region(guide, region)
             _, _, second_scores = region_gemm.backward(
                 grad_out, x, filters, row_layout(second, m, filters.shape[-1]), index, zero_row,
                 False, False, 'selected')

@@ -6,20 +6,22 @@ torch.jit and pricing each traced op. Traced as is, a DRConv2d takes its export 
 counted ``m`` times. While an analysis traces a model, this module runs each DRConv2d as
 
     guide_conv(x)          an nn.Conv2d child: mmengine's conv handle, B*m*C_in*kh*kw*H_out*W_out
-    filter_generator(x)    its own children and ops, priced by mmengine's handles
-                           ('paper': adaptive_avg_pool2d (input numel), 1x1 conv, einsum
-                           B*m*C_out*C_in*m*kh*kw; 'bases': linear, mm B*m*nb*C_out*C_in*kh*kw)
+    filter_generator(x)    the per-sample coefficients, its own children and ops priced by
+                           mmengine's handles ('paper': pooling matmuls, 1x1 conv C_in -> m*m;
+                           'bases': linear)
     RegionConvCount        one traced op (prim::PythonOp) priced here:
-                           'region_filter_add'  weight + delta, B*m*C_out*C_in*kh*kw
+                           'region_filters'     forming each sample's m filters from the factors
+                                                (:class:`drconv.Factors`: static weight, n
+                                                terms, the paper's bias),
+                                                B*m*C_out*C_in*kh*kw*(n + 1 [+ 1])
                            'region_conv'        the selected filter at each pixel,
                                                 B*C_out*C_in*kh*kw*H_out*W_out (a plain conv's)
 
 and leaves everything else as mmengine counts it (sigmoid, mean, bias adds: not counted, as for
-any model). Two of mmengine's handles are made exact, as the generator's MAdds need:
+any model). One of mmengine's handles is made exact, as the generator's MAdds need:
 ``aten::matmul`` counts broadcast batch dimensions of either operand (mmengine's counts only the
 first operand's, so ``(kh, H) @ (B, C, H, W)``, the paper generator's pooling, came out B*C
-times too small), and two-operand ``aten::einsum`` is counted from the index sizes (mmengine's
-reads numpy's printout rounded to 4 digits). Both agree with mmengine's wherever that is exact.
+times too small); it agrees with mmengine's wherever that is exact.
 
 :func:`install` (run when this module is imported) wraps
 ``JitModelAnalysis._analyze`` so :class:`~mmengine.analysis.FlopAnalyzer`,
@@ -34,17 +36,16 @@ from typing import Any, Iterator, List
 import torch
 from mmengine.analysis import complexity_analysis
 from mmengine.analysis.jit_analysis import JitModelAnalysis
-from mmengine.analysis.jit_handles import (einsum_flop_jit, generic_activation_jit, get_shape,
-                                           prod)
+from mmengine.analysis.jit_handles import generic_activation_jit, get_shape, prod
 from torch import Tensor, nn
 
-from drconv import DRConv2d, region_conv_dense
+from drconv import DRConv2d, Factors, region_conv_dense
 
 OP_NAME = 'prim::PythonOp.RegionConvCount'
 
 
 class RegionConvCount(torch.autograd.Function):
-    """``region_conv(x, weight + delta, guide) + bias`` as one traced node, for counting only.
+    """``region_conv_factored(x, factors, guide) + bias`` as one traced node, for counting only.
 
     Traced, an autograd Function is one ``prim::PythonOp`` node whose inner ops stay out of
     the graph, so the node can be priced by formula. The value is computed with
@@ -53,9 +54,10 @@ class RegionConvCount(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, delta: Tensor, weight: Tensor, bias, guide: Tensor, stride,
-                padding, dilation) -> Tensor:
-        filters = delta + weight.view(1, 1, *weight.shape).to(delta.dtype)
+    def forward(ctx, x: Tensor, terms: Tensor, coef: Tensor, weight: Tensor, region_bias,
+                bias, guide: Tensor, stride, padding, dilation) -> Tensor:
+        region_bias = region_bias if region_bias.numel() else None
+        filters = Factors(weight, region_bias, terms, coef).materialize()
         out = region_conv_dense(x, filters, guide, stride, padding, dilation)
         if bias is not None:
             out = out + bias.view(1, -1, 1, 1).to(out.dtype)
@@ -63,14 +65,18 @@ class RegionConvCount(torch.autograd.Function):
 
 
 def region_conv_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
-    """MAdds of a traced :class:`RegionConvCount`: the filter add and the selected-filter conv.
+    """MAdds of a traced :class:`RegionConvCount`: forming the filters and the selected-filter
+    conv.
 
-    Inputs are the node's tensors ``x (B, C_in, H, W), delta (B, m, C_out, C_in, kh, kw), ...``;
-    the output is (B, C_out, H_out, W_out).
+    Inputs are the node's ``x (B, C_in, H, W), terms (., n, ...), coef (B, m, n, .), weight
+    (C_out, C_in, kh, kw), region_bias (m, C_out, C_in) or empty, ...``; the output is
+    (B, C_out, H_out, W_out).
     """
-    b, m, c_out, c_in, kh, kw = get_shape(inputs[1])
+    b, m, n = get_shape(inputs[2])[:3]
+    c_out, c_in, kh, kw = get_shape(inputs[3])
     h_out, w_out = get_shape(outputs[0])[2:]
-    return Counter({'region_filter_add': b * m * c_out * c_in * kh * kw,
+    added = 1 + (prod(get_shape(inputs[4])) > 0)  # the weight, the region bias
+    return Counter({'region_filters': b * m * c_out * c_in * kh * kw * (n + added),
                     'region_conv': b * c_out * c_in * kh * kw * h_out * w_out})
 
 
@@ -83,27 +89,13 @@ def matmul_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return prod(batch) * a[-2] * a[-1] * b[-1]
 
 
-def einsum_flop_jit_exact(inputs: List[Any], outputs: List[Any]) -> Any:
-    """MAdds of a two-operand einsum: the product of all index sizes (half that without a sum,
-    as numpy and mmengine count); other einsums as mmengine counts them."""
-    equation = inputs[0].toIValue().replace(' ', '')
-    operands = list(inputs[1].node().inputs())
-    if '.' in equation or '->' not in equation or len(operands) != 2:
-        return einsum_flop_jit(inputs, outputs)
-    terms, result = equation.split('->')
-    sizes = {}
-    for term, value in zip(terms.split(','), operands):
-        sizes.update(zip(term, get_shape(value)))
-    total = prod(sizes.values())
-    return total if set(sizes) - set(result) else total // 2
-
-
 def _counted_forward(self: DRConv2d, x: Tensor) -> Tensor:
     """DRConv2d.forward with the selection as one :class:`RegionConvCount` node."""
     guide = self.guide_conv(x)
-    delta = self.filter_generator(x)
-    return RegionConvCount.apply(x, delta, self.weight, self.bias, guide, self.stride,
-                                 self.padding, self.dilation)
+    f = self.filter_generator(x, self.weight)
+    region_bias = f.bias if f.bias is not None else f.terms.new_zeros(0)  # traced as a tensor
+    return RegionConvCount.apply(x, f.terms, f.coef, f.weight, region_bias, self.bias, guide,
+                                 self.stride, self.padding, self.dilation)
 
 
 @contextlib.contextmanager
@@ -126,8 +118,7 @@ def counted_drconv(model: nn.Module) -> Iterator[None]:
 def install() -> None:
     """Make mmengine's analyzers price DRConv2d as above (idempotent)."""
     complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS.update({
-        OP_NAME: region_conv_flop_jit, 'aten::matmul': matmul_flop_jit,
-        'aten::einsum': einsum_flop_jit_exact})
+        OP_NAME: region_conv_flop_jit, 'aten::matmul': matmul_flop_jit})
     complexity_analysis._DEFAULT_SUPPORTED_ACT_OPS[OP_NAME] = generic_activation_jit(
         'region_conv')
     analyze = JitModelAnalysis._analyze

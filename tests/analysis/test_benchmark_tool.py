@@ -7,13 +7,14 @@ DEMO_CONFIG = osp.join(REPO, 'configs', 'det', 'demo',
                        'faster-rcnn_r50-thin-drconv-c3-c5_fpn_300i_demo-coco.py')
 
 
-def test_layer_shapes_json(tmp_path, capsys, tool):
+def test_op_and_layer_modes_json(tmp_path, capsys, tool):
     bench = tool('analysis_tools/benchmark_drconv')
     path = tmp_path / 'bench.json'
-    bench.main(['--shapes', '2,4,6,7,9,3,3', '--shapes', '1,3,5,8,8,1,2,2', '--repeat', '2',
-               '--warmup', '0', '--threads', '1', '--json', str(path)])
+    bench.main(['--shapes', '2,4,6,7,9,3,3', '--shapes', '1,3,5,8,8,1,2,2', '--layers',
+                '--repeat', '2', '--warmup', '0', '--threads', '1', '--json', str(path)])
     printed = capsys.readouterr().out
     assert '| 2,4,6,7,9,3,3 |' in printed and 'Peak extra memory' in printed
+    assert 'DRConv2d paper fwd ms' in printed
     report = json.loads(path.read_text())
     assert report['environment']['threads'] == 1
     assert [r['label'] for r in report['layers']] == ['2,4,6,7,9,3,3', '1,3,5,8,8,1,2,2']
@@ -24,9 +25,14 @@ def test_layer_shapes_json(tmp_path, capsys, tool):
         assert set(r['ratio_to_conv']) == set(r['median_s']) - {'conv/forward',
                                                                 'conv/forward_backward'}
         assert all(v > 0 for v in r['ratio_to_conv'].values()) and r['dense_over_op_forward'] > 0
-        for variant in ('conv', 'region_conv', 'dense'):
-            mem = r['memory'][variant]
-            assert mem['peak_extra_bytes'] > mem['peak_extra_bytes_without_weight_grad'] > 0
+        assert set(r['memory']) == {'conv', 'region_conv', 'dense'}
+        assert all(v > 0 for v in r['memory'].values())
+        layer = r['layer']
+        assert set(layer['median_s']) == {f'{v}/{m}' for v in ('conv', 'drconv_paper',
+                                                               'drconv_bases')
+                                          for m in ('forward', 'forward_backward')}
+        assert all(t > 0 for t in layer['median_s'].values())
+        assert set(layer['memory']) == {'conv', 'drconv_paper', 'drconv_bases'}
         assert r['targets'] == {}  # not a target shape
 
 
@@ -42,19 +48,25 @@ def test_peak_extra_bytes_counts_what_a_run_allocates(tool):
 def test_json_to_stdout_and_top2(capsys, tool):
     bench = tool('analysis_tools/benchmark_drconv')
     bench.main(['--shapes', '1,4,4,6,6,3,2', '--repeat', '1', '--warmup', '0', '--no-memory',
-               '--top2', '--json', '-'])
+                '--top2', '--json', '-'])
     report = json.loads(capsys.readouterr().out)
     (layer,) = report['layers']
     assert layer['median_s']['region_conv_top2/forward_backward'] > 0 and 'memory' not in layer
 
 
-def test_config_layers_and_training_step(capsys, tool):
+def test_config_layers_and_model_mode(capsys, tool):
     bench = tool('analysis_tools/benchmark_drconv')
     shapes = bench.config_layer_shapes(DEMO_CONFIG, (3, 64, 64), 1)
     assert sum(len(names) for _, names in shapes) == 13
     assert all(s.k == 3 and s.m == 8 and s.b == 1 for s, _ in shapes)
-    report = bench.main(['--shapes', 'none', '--e2e-config', DEMO_CONFIG, '--input-shape', '3',
-                        '64', '64', '--batch', '1', '--e2e-repeat', '1', '--json', '-'])
-    step = report['training_step']
-    assert step['drconv_layers'] == 13 and step['ratio'] > 0
-    assert all(t > 0 for t in step['median_s'].values())
+    report = bench.main(['--shapes', 'none', '--model', DEMO_CONFIG, '--input-shape', '3',
+                         '64', '64', '--batch', '1', '--infer-shape', '3', '64', '64',
+                         '--model-repeat', '1', '--json', '-'])
+    model = report['model']
+    assert model['drconv_layers'] == 13 and model['train_shape'] == [1, 3, 64, 64]
+    assert all(t > 0 for t in model['median_s'].values())
+    assert set(model['median_s']) == {f'{n}/{m}' for n in ('drconv', 'baseline')
+                                      for m in ('train_step', 'inference')}
+    assert model['params']['drconv'] > model['params']['baseline']
+    assert all(v > 0 for v in model['train_memory_bytes'].values())
+    assert model['targets'] == {}  # not the detection target's config and sizes

@@ -21,17 +21,18 @@ def analyzer(model, x):
 
 def hand_madds(b, c_in, c_out, h, w, k, m, h_out, w_out, generator='paper', num_bases=4):
     """DRConv's MAdds by part, from its definition."""
+    filter_values = b * m * c_out * c_in * k * k
     parts = dict(region_conv=b * c_out * c_in * k * k * h_out * w_out,
-                 guide_conv=b * m * c_in * k * k * h_out * w_out,
-                 region_filter_add=b * m * c_out * c_in * k * k)
+                 guide_conv=b * m * c_in * k * k * h_out * w_out)
     if generator == 'paper':
         parts['filter_generator'] = (
             b * c_in * k * h * w + b * c_in * k * w * k  # pooling: (k, H) @ x @ (W, k)
-            + b * m * m * c_in * k * k                    # squeeze 1x1 conv C_in -> m*m
-            + b * m * c_out * c_in * m * k * k)           # projection (einsum)
+            + b * m * m * c_in * k * k)                   # squeeze 1x1 conv C_in -> m*m
+        # m projection terms, the static weight and the region bias
+        parts['region_filters'] = filter_values * (m + 2)
     else:
-        parts['filter_generator'] = (b * c_in * m * num_bases  # routing linear (mean not counted)
-                                     + b * m * num_bases * c_out * k * k * c_in)  # mixing mm
+        parts['filter_generator'] = b * c_in * m * num_bases  # routing linear (mean not counted)
+        parts['region_filters'] = filter_values * (num_bases + 1)  # the bases and the weight
     return parts
 
 
@@ -47,7 +48,7 @@ def test_one_layer_equals_hand_formula(generator, k, stride):
     flops = analyzer(layer, x)
     ops = flops.by_operator()
     assert ops['region_conv'] == expected['region_conv']  # one filter per pixel, not m
-    assert ops['region_filter_add'] == expected['region_filter_add']
+    assert ops['region_filters'] == expected['region_filters']
     assert flops.total('guide_conv') == expected['guide_conv']
     assert flops.total('filter_generator') == expected['filter_generator']
     assert flops.total() == sum(expected.values())
@@ -77,7 +78,7 @@ def test_tiny_model_minus_baseline_is_guide_generator_and_add():
     extra = hand_madds(2, 8, 16, 20, 20, 3, 4, 10, 10)
     extra2 = hand_madds(2, 16, 16, 10, 10, 1, 4, 10, 10)
     expected = sum(extra[p] + extra2[p] for p in ('guide_conv', 'filter_generator',
-                                                   'region_filter_add'))
+                                                   'region_filters'))
     assert analyzer(dynamic, x).total() - analyzer(baseline, x).total() == expected
 
 
@@ -88,7 +89,7 @@ def test_get_flops_on_a_config_counts_every_layer(tool):
     model, base = result['model'], result['baseline']
     assert len(model['drconv']) == 13 and not base['drconv']
     extra = sum(layer[p] for layer in model['drconv'].values()
-                for p in ('guide_conv', 'filter_generator', 'region_filter_add'))
+                for p in ('guide_conv', 'filter_generator', 'region_filters'))
     assert model['flops'] - base['flops'] == extra > 0
     assert model['params'] > base['params']
     # the selected-filter conv of every layer is a plain conv's MAdds at its shapes

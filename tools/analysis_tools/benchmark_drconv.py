@@ -1,26 +1,26 @@
-"""Speed and memory of ``drconv.region_conv`` against F.conv2d and the all-regions reference.
+"""Speed and memory of DRConv: the op, the layer as users run it, and whole models.
 
-    # the issue's target layers (B=8, C_in=C_out=128, 32x32, m=8; k=3 and k=1)
-    python tools/analysis_tools/benchmark_drconv.py
+    # the op and the layer on the target layers (B=8, C_in=C_out=128, 32x32, m=8; k=3 and k=1)
+    python tools/analysis_tools/benchmark_drconv.py --layers
     # chosen shapes: B,C_in,C_out,H,W,k,m[,stride]
-    python tools/analysis_tools/benchmark_drconv.py --shapes 8,128,128,32,32,3,8 \
-        --shapes 2,64,64,56,56,3,4,2
-    # every DRConv layer of a config at an input size, and a training step against the baseline
-    python tools/analysis_tools/benchmark_drconv.py --config CFG --input-shape 3 800 1333 --batch 2
-    python tools/analysis_tools/benchmark_drconv.py --shapes none --e2e-config CFG \
-        --input-shape 3 256 256 --batch 2
+    python tools/analysis_tools/benchmark_drconv.py --shapes 8,128,128,32,32,3,8 --layers
+    # the op at every DRConv layer shape of a config
+    python tools/analysis_tools/benchmark_drconv.py --config CFG --input-shape 3 800 1333
+    # a config's model against its baseline: training step, inference, memory, parameters
+    python tools/analysis_tools/benchmark_drconv.py --shapes none --model CFG
 
-For each layer shape three variants run on the same random inputs: ``conv`` (F.conv2d with a
-static filter, the yardstick), ``region_conv`` (this op) and ``dense``
-(:func:`drconv.region_conv_dense`, every region's conv then a selection); ``--top2`` adds
-``region_conv_top2`` (``guide_grad='top2'``). Two modes: ``forward`` (inference, under
-torch.no_grad) and ``forward_backward`` (forward with grad, then backward of a fixed random
-output gradient to every input: x and the weight, and the guide for the DRConv variants).
-Timing is interleaved: each repetition runs every (variant, mode) once, in a random order drawn
-anew for each repetition (seeded, the same every run), after ``--warmup`` untimed repetitions,
-so that no variant always runs after the same one (what runs before a call changes its time:
-the cache it finds, the memory just freed); the table gives medians and their ratio to ``conv``
-of the same shape.
+Op mode, for each layer shape: ``conv`` (F.conv2d with a static filter, the yardstick),
+``region_conv`` (this op, with a plain contiguous per-sample weight (B, m, C_out, C_in, kh, kw))
+and ``dense`` (:func:`drconv.region_conv_dense`, every region's conv then a selection);
+``--top2`` adds ``region_conv_top2``. Layer mode (``--layers``): ``nn.Conv2d`` against
+``DRConv2d`` with each filter generator ('paper', 'bases'), their generator parameters set
+non-zero (random, as after training), as a user runs them. Two modes each: ``forward``
+(inference, under torch.no_grad) and ``forward_backward`` (forward with grad, then backward of a
+fixed random output gradient to every input and parameter). Timing is interleaved: each
+repetition runs every (variant, mode) once, in a random order drawn anew for each repetition
+(seeded, the same every run), after ``--warmup`` untimed repetitions, so that no variant always
+runs after the same one (what runs before a call changes its time: the cache it finds, the
+memory just freed); the tables give medians and their ratio to the conv of the same shape.
 
 Peak extra memory (forward_backward): the most bytes the forward + backward held allocated at
 once above what was allocated before it started (the inputs and the output gradient), outputs
@@ -28,14 +28,14 @@ and gradients included, and the op's scratch buffers (kept between calls: releas
 run, so they are allocated and counted in it). On CPU it is the running sum of the allocator's
 allocation and free events recorded by torch.profiler (``profile_memory=True``) during one
 forward + backward; on CUDA ``max_memory_allocated`` minus ``memory_allocated`` before.
-Reported also without the weight's own gradient (DRConv's per-sample filters,
-B*m*C_out*C_in*kh*kw values, need a gradient of their size whatever the op; conv's static
-filter's gradient is left out likewise).
 
-``--e2e-config`` times whole training steps (data preprocessor, forward, losses, backward, SGD
-step; ``model.train_step``) of a config's model and of its baseline (``--e2e-base-config``, by
-default the config without its DRConv entries) on one random batch, interleaved, and reports the
-ratio. Models are built without pretrained weights; nothing is downloaded.
+Model mode (``--model``) builds a config's model and its baseline (``--model-base-config``, by
+default the config without its DRConv entries), copies the baseline's weights into the DRConv
+model and sets its generator parameters non-zero, then times, interleaved, training steps
+(data preprocessor, forward, losses, backward, SGD step; ``model.train_step``) on a random
+batch of ``--batch`` x ``--input-shape`` and inference (``model.test_step``, one image of
+``--infer-shape``), and measures the peak extra memory of a training step and the parameters.
+Models are built without pretrained weights; nothing is downloaded.
 """
 import argparse
 import inspect
@@ -55,13 +55,17 @@ if REPO_ROOT not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from drconv import region_conv, region_conv_dense, scratch  # noqa: E402
+from drconv import DRConv2d, region_conv, region_conv_dense, scratch  # noqa: E402
 
 TARGET_SHAPES = ('8,128,128,32,32,3,8', '8,128,128,32,32,1,8')
+DET_CONFIG = osp.join(REPO_ROOT, 'configs', 'det', 'faster-rcnn_r50-drconv-c3-c5_fpn_1x_coco.py')
 MODES = ('forward', 'forward_backward')
-# Targets of issue 5, for the target shapes on CPU, 2 threads, float32.
-TARGETS = dict(forward_k3=2.0, forward_k1=2.5, forward_backward=5.0, dense_over_op=5.0,
-               memory=2.0)
+GENERATORS = ('paper', 'bases')
+# Targets (ratios to the conv or the baseline) for the target shapes, and for the detection
+# model, on CPU, 2 threads, float32.
+TARGETS = dict(op_forward=1.3, layer_forward=1.5,
+               layer_forward_backward=dict(paper=4.0, bases=3.0),
+               train_step=1.5, inference=1.10, train_memory=1.3)
 
 
 class LayerShape(NamedTuple):
@@ -104,20 +108,32 @@ def parse_shape(text: str) -> LayerShape:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description='Benchmark region_conv against F.conv2d and the all-regions reference',
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description='Benchmark DRConv: region_conv against F.conv2d and the all-regions '
+        'reference, DRConv2d against nn.Conv2d, a DRConv model against its baseline',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='Targets are checked for the two target shapes and the detection config under '
+        'their conditions (CPU, 2 threads, float32).')
     parser.add_argument('--shapes', action='append', metavar='B,C_in,C_out,H,W,k,m[,stride]',
-                        help="a layer shape (repeatable; default: the issue's two target "
-                        "layers unless --config/--e2e-config; 'none' for no layer shapes)")
-    parser.add_argument('--config', help='benchmark every DRConv layer shape this config\'s '
+                        help="a layer shape (repeatable; default: the two target layers unless "
+                        "--config/--model; 'none' for no layer shapes)")
+    parser.add_argument('--layers', action='store_true',
+                        help='also time DRConv2d (both filter generators) against nn.Conv2d '
+                        'at each layer shape')
+    parser.add_argument('--config', help="the op at every DRConv layer shape this config's "
                         'model runs at --input-shape and --batch')
-    parser.add_argument('--input-shape', type=int, nargs=3, default=[3, 800, 1333],
-                        metavar=('C', 'H', 'W'), help='image size for --config/--e2e-config')
-    parser.add_argument('--batch', type=int, default=2, help='images per batch (configs)')
-    parser.add_argument('--e2e-config', help='time a training step of this config\'s model')
-    parser.add_argument('--e2e-base-config', help='the baseline of --e2e-config (default: it '
-                        "without its type='DRConv' entries)")
-    parser.add_argument('--e2e-repeat', type=int, default=3, help='timed training steps each')
+    parser.add_argument('--model', metavar='CONFIG', help="this config's model against its "
+                        'baseline: training step, inference, memory, parameters')
+    parser.add_argument('--model-base-config', metavar='CONFIG', help='the baseline of --model '
+                        "(default: it without its type='DRConv' entries)")
+    parser.add_argument('--input-shape', type=int, nargs=3, default=[3, 512, 512],
+                        metavar=('C', 'H', 'W'),
+                        help='image size for --config and the training step of --model')
+    parser.add_argument('--batch', type=int, default=2, help='images per batch (--config, '
+                        'the training step of --model)')
+    parser.add_argument('--infer-shape', type=int, nargs=3, default=[3, 800, 1333],
+                        metavar=('C', 'H', 'W'), help='image size of --model inference (batch 1)')
+    parser.add_argument('--model-repeat', type=int, default=3,
+                        help='timed training steps and inferences of each model')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:i]'")
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
     parser.add_argument('--repeat', type=int, default=10, help='timed repetitions per variant')
@@ -133,7 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     shapes = args.shapes
     if shapes is None:
-        shapes = [] if (args.config or args.e2e_config) else list(TARGET_SHAPES)
+        shapes = [] if (args.config or args.model) else list(TARGET_SHAPES)
     args.layer_shapes = [parse_shape(s) for s in shapes if s.lower() != 'none']
     return args
 
@@ -167,11 +183,8 @@ def variant_ops(top2: bool) -> Dict[str, Callable]:
 
 def make_tensors(s: LayerShape, device: torch.device, dtype: torch.dtype,
                  seed: int) -> Dict[str, torch.Tensor]:
-    """Random inputs of one shape: x, conv_weight, weight (per sample), guide, grad_out.
-
-    The per-sample weight has DRConv2d's memory layout, (B, m, C_out, kh, kw, C_in), which the
-    op multiplies with directly (a plain contiguous weight would cost it a transposing copy).
-    """
+    """Random inputs of one shape: x, conv_weight, weight (per sample, plain contiguous
+    (B, m, C_out, C_in, kh, kw)), guide, grad_out."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*size, scale=1.0):
@@ -182,9 +195,7 @@ def make_tensors(s: LayerShape, device: torch.device, dtype: torch.dtype,
     scale = (s.c_in * s.k * s.k) ** -0.5
     return dict(x=randn(s.b, s.c_in, s.h, s.w),
                 conv_weight=randn(s.c_out, s.c_in, s.k, s.k, scale=scale),
-                # laid out (B, m, C_out, kh, kw, C_in) in memory, as DRConv2d's generators give it
-                weight=randn(s.b, s.m, s.c_out, s.k, s.k, s.c_in,
-                             scale=scale).permute(0, 1, 2, 5, 3, 4),
+                weight=randn(s.b, s.m, s.c_out, s.c_in, s.k, s.k, scale=scale),
                 guide=randn(s.b, s.m, h_out, w_out),
                 grad_out=randn(s.b, s.c_out, h_out, w_out))
 
@@ -196,18 +207,58 @@ def grad_inputs(variant: str, t: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
     return [t['x'], t['weight'], t['guide']]
 
 
-def run_once(fn: Callable, variant: str, mode: str, t: Dict[str, torch.Tensor],
-             s: LayerShape) -> None:
-    """One forward (no grad) or forward + backward of a variant."""
-    if mode == 'forward':
-        with torch.no_grad():
-            fn(t, s)
-        return
-    leaves = grad_inputs(variant, t)
-    for leaf in leaves:
-        leaf.grad = None
-        leaf.requires_grad_(True)
-    fn(t, s).backward(t['grad_out'])
+def op_runs(ops: Dict[str, Callable], t: Dict[str, torch.Tensor],
+            s: LayerShape) -> Dict[Tuple[str, str], Callable[[], None]]:
+    """(variant, mode) -> one forward (no grad) or forward + backward of the op's variant."""
+
+    def run(variant: str, mode: str) -> Callable[[], None]:
+        fn = ops[variant]
+
+        def once() -> None:
+            if mode == 'forward':
+                with torch.no_grad():
+                    fn(t, s)
+                return
+            for leaf in grad_inputs(variant, t):
+                leaf.grad = None
+                leaf.requires_grad_(True)
+            fn(t, s).backward(t['grad_out'])
+        return once
+
+    return {(v, m): run(v, m) for m in MODES for v in ops}
+
+
+def layer_runs(s: LayerShape, device: torch.device, dtype: torch.dtype,
+               seed: int) -> Dict[Tuple[str, str], Callable[[], None]]:
+    """(variant, mode) -> one forward (no grad) or forward + backward of ``nn.Conv2d`` ('conv')
+    or ``DRConv2d`` with each generator ('drconv_paper', 'drconv_bases'), generator parameters
+    non-zero, on the same random input; the backward reaches x and every parameter."""
+    torch.manual_seed(seed)
+    geometry = dict(stride=s.stride, padding=s.pad, dilation=s.dilation)
+    layers = {'conv': torch.nn.Conv2d(s.c_in, s.c_out, s.k, **geometry)}
+    for generator in GENERATORS:
+        layer = DRConv2d(s.c_in, s.c_out, s.k, region_num=s.m, filter_generator=generator,
+                         **geometry)
+        with torch.no_grad():  # as after training: the generated change is not zero
+            for p in layer.filter_generator.parameters():
+                p.normal_(0, 0.02)
+        layers[f'drconv_{generator}'] = layer
+    t = make_tensors(s, device, dtype, seed)
+    x, grad_out = t['x'], t['grad_out']
+
+    def run(layer: torch.nn.Module, mode: str) -> Callable[[], None]:
+        def once() -> None:
+            if mode == 'forward':
+                with torch.no_grad():
+                    layer(x)
+                return
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            layer(x.requires_grad_(True)).backward(grad_out)
+        return once
+
+    layers = {name: layer.to(device, dtype) for name, layer in layers.items()}
+    return {(name, m): run(layer, m) for m in MODES for name, layer in layers.items()}
 
 
 def synchronize(device: torch.device) -> None:
@@ -215,26 +266,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_variants(ops: Dict[str, Callable], t: Dict[str, torch.Tensor], s: LayerShape,
-                  device: torch.device, repeat: int,
-                  warmup: int) -> Dict[Tuple[str, str], List[float]]:
-    """Seconds of each (variant, mode), each repetition running them all in a random order,
-    ``repeat`` times after ``warmup``."""
-    jobs = [(v, m) for m in MODES for v in ops]
+def time_runs(runs: Dict[Tuple[str, str], Callable[[], None]], device: torch.device, repeat: int,
+              warmup: int) -> Dict[Tuple[str, str], List[float]]:
+    """Seconds of each run, each repetition running them all in a random order, ``repeat``
+    times after ``warmup``."""
+    jobs = list(runs)
     times: Dict[Tuple[str, str], List[float]] = {job: [] for job in jobs}
     shuffle = random.Random(0).shuffle
     for rep in range(warmup + repeat):
         order = list(jobs)
         shuffle(order)
-        for variant, mode in order:
+        for job in order:
             synchronize(device)
             start = time.perf_counter()
-            run_once(ops[variant], variant, mode, t, s)
+            runs[job]()
             synchronize(device)
             if rep >= warmup:
-                times[(variant, mode)].append(time.perf_counter() - start)
-    for leaf in t.values():
-        leaf.grad = None
+                times[job].append(time.perf_counter() - start)
     return times
 
 
@@ -259,53 +307,51 @@ def peak_extra_bytes(run: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
-def measure_memory(ops: Dict[str, Callable], t: Dict[str, torch.Tensor], s: LayerShape,
-                   device: torch.device) -> Dict[str, Dict[str, int]]:
-    """Peak extra bytes of each variant's forward + backward, with and without its weight's
-    gradient."""
+def measure_memory(runs: Dict[Tuple[str, str], Callable[[], None]],
+                   device: torch.device) -> Dict[str, int]:
+    """Peak extra bytes of each variant's forward + backward (its gradients included)."""
     result = {}
-    for variant, fn in ops.items():
-        leaves = grad_inputs(variant, t)
-        for leaf in leaves:
-            leaf.grad = None
-            leaf.requires_grad_(True)
-        scratch.release()  # the op's kept temporaries are allocated, and counted, in the run
-        peak = peak_extra_bytes(lambda: fn(t, s).backward(t['grad_out']), device)
-        weight = leaves[1]
-        result[variant] = dict(peak_extra_bytes=peak,
-                               peak_extra_bytes_without_weight_grad=peak
-                               - weight.numel() * weight.element_size())
-        for leaf in leaves:
-            leaf.grad = None
+    for (variant, mode), run in runs.items():
+        if mode == 'forward_backward':
+            run()  # the gradients of the previous run are set free by this one: not counted
+            scratch.release()  # the op's kept temporaries are allocated, and counted, in the run
+            result[variant] = peak_extra_bytes(run, device)
+    return result
+
+
+def summarize(times: Dict[Tuple[str, str], List[float]], base: str) -> Dict[str, Any]:
+    """Medians (seconds) of each 'variant/mode' and their ratios to ``base`` of the same mode."""
+    medians = {f'{v}/{m}': statistics.median(ts) for (v, m), ts in times.items()}
+    ratios = {k: medians[k] / medians[f'{base}/{k.split("/")[1]}'] for k in medians
+              if not k.startswith(f'{base}/')}
+    return dict(median_s=medians, ratio_to_conv=ratios)
+
+
+def benchmark_shape(s: LayerShape, args: argparse.Namespace, device: torch.device,
+                    dtype: torch.dtype) -> Dict[str, Any]:
+    """The op (and with ``--layers`` the layer) at one shape: median times, ratios to conv,
+    peak memory."""
+    ops = variant_ops(args.top2)
+    t = make_tensors(s, device, dtype, args.seed)
+    runs = op_runs(ops, t, s)
+    result = dict(shape=s._asdict(), label=s.label(), repeat=args.repeat,
+                  **summarize(time_runs(runs, device, args.repeat, args.warmup), 'conv'))
+    result['dense_over_op_forward'] = (result['median_s']['dense/forward']
+                                       / result['median_s']['region_conv/forward'])
+    if not args.no_memory:
+        result['memory'] = measure_memory(runs, device)
+    for leaf in t.values():
+        leaf.grad = None
+    if args.layers:
+        runs = layer_runs(s, device, dtype, args.seed)
+        result['layer'] = summarize(time_runs(runs, device, args.repeat, args.warmup), 'conv')
+        if not args.no_memory:
+            result['layer']['memory'] = measure_memory(runs, device)
     return result
 
 
 def is_target(s: LayerShape) -> bool:
     return s.label() in TARGET_SHAPES
-
-
-def benchmark_shape(s: LayerShape, args: argparse.Namespace, device: torch.device,
-                    dtype: torch.dtype) -> Dict[str, Any]:
-    """Times (median seconds), ratios to conv and peak memory of one layer shape."""
-    ops = variant_ops(args.top2)
-    t = make_tensors(s, device, dtype, args.seed)
-    times = time_variants(ops, t, s, device, args.repeat, args.warmup)
-    medians = {f'{v}/{m}': statistics.median(ts) for (v, m), ts in times.items()}
-    ratios = {k: medians[k] / medians[f'conv/{k.split("/")[1]}'] for k in medians
-              if not k.startswith('conv/')}
-    result = dict(shape=s._asdict(), label=s.label(), median_s=medians, ratio_to_conv=ratios,
-                  dense_over_op_forward=medians['dense/forward'] / medians['region_conv/forward'],
-                  repeat=args.repeat)
-    if not args.no_memory:
-        memory = measure_memory(ops, t, s, device)
-        conv = memory['conv']
-        result['memory'] = memory
-        result['memory_ratio_to_conv'] = {
-            v: dict(peak_extra_bytes=m['peak_extra_bytes'] / conv['peak_extra_bytes'],
-                    without_weight_grad=m['peak_extra_bytes_without_weight_grad']
-                    / conv['peak_extra_bytes_without_weight_grad'])
-            for v, m in memory.items() if v != 'conv'}
-    return result
 
 
 def check_targets(r: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
@@ -314,21 +360,17 @@ def check_targets(r: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]
     if not (is_target(s) and args.device == 'cpu' and args.threads == 2
             and args.dtype == 'float32'):
         return {}
-    limit = TARGETS['forward_k3'] if s.k == 3 else TARGETS['forward_k1']
-    checks = {
-        f'forward <= {limit}x conv': (r['ratio_to_conv']['region_conv/forward'],
-                                      r['ratio_to_conv']['region_conv/forward'] <= limit),
-        f'forward+backward <= {TARGETS["forward_backward"]}x conv': (
-            r['ratio_to_conv']['region_conv/forward_backward'],
-            r['ratio_to_conv']['region_conv/forward_backward'] <= TARGETS['forward_backward']),
-        f'dense forward >= {TARGETS["dense_over_op"]}x op forward': (
-            r['dense_over_op_forward'], r['dense_over_op_forward'] >= TARGETS['dense_over_op']),
-    }
-    if 'memory' in r:
-        value = r['memory_ratio_to_conv']['region_conv']['without_weight_grad']
-        checks[f'peak extra memory (without weight grad) <= {TARGETS["memory"]}x conv'] = (
-            value, value <= TARGETS['memory'])
-    return {k: dict(value=v, met=bool(ok)) for k, (v, ok) in checks.items()}
+    checks = {f'region_conv forward <= {TARGETS["op_forward"]}x conv':
+              (r['ratio_to_conv']['region_conv/forward'], TARGETS['op_forward'])}
+    if 'layer' in r:
+        ratios = r['layer']['ratio_to_conv']
+        for generator in GENERATORS:
+            checks[f'DRConv2d {generator} forward <= {TARGETS["layer_forward"]}x nn.Conv2d'] = (
+                ratios[f'drconv_{generator}/forward'], TARGETS['layer_forward'])
+            limit = TARGETS['layer_forward_backward'][generator]
+            checks[f'DRConv2d {generator} forward+backward <= {limit}x nn.Conv2d'] = (
+                ratios[f'drconv_{generator}/forward_backward'], limit)
+    return {k: dict(value=v, met=bool(v <= limit)) for k, (v, limit) in checks.items()}
 
 
 # ---------------------------------------------------------------- configs
@@ -353,42 +395,77 @@ def config_layer_shapes(config: str, image_shape: Sequence[int],
     return list(shapes.items())
 
 
-def benchmark_training_step(args: argparse.Namespace) -> Dict[str, Any]:
-    """Median seconds of ``model.train_step`` for the e2e config and its baseline."""
+def model_runs(args: argparse.Namespace) -> Tuple[Dict[Tuple[str, str], Callable[[], None]],
+                                                  Dict[str, Any]]:
+    """(model, mode) -> one training step ('train_step') or inference ('inference') of the
+    ``--model`` config's model ('drconv') and its baseline; and facts about both."""
     from mmengine.optim import OptimWrapper
     from plugins.analysis import models
-    cfg = models.load_config(args.e2e_config)
-    built = {'drconv': models.build_model(cfg)}
-    if args.e2e_base_config:
-        built['baseline'] = models.build_model(models.load_config(args.e2e_base_config))
-    else:
-        built['baseline'] = models.build_model(cfg, baseline=True)
-    try:  # same weights: both compute the same function at the start (DRConv's delta is 0)
-        built['drconv'].load_state_dict(built['baseline'].state_dict(), strict=False)
-    except RuntimeError:
-        pass
-    steps = {}
+    cfg = models.load_config(args.model)
+    built = {'drconv': models.build_model(cfg),
+             'baseline': (models.build_model(models.load_config(args.model_base_config))
+                          if args.model_base_config else models.build_model(cfg, baseline=True))}
+    torch.manual_seed(args.seed)
+    # the same weights where both have them; the generated change non-zero, as after training
+    built['drconv'].load_state_dict(built['baseline'].state_dict(), strict=False)
+    with torch.no_grad():
+        for module in built['drconv'].modules():
+            if isinstance(module, DRConv2d):
+                for p in module.filter_generator.parameters():
+                    p.normal_(0, 0.02)
+    runs = {}
     for name, model in built.items():
-        model.train()
         # lr 0: every step does the optimizer's arithmetic and leaves the weights as they are
         wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9))
-        packed = models.fake_batch(model, args.batch, args.input_shape, args.seed)
-        steps[name] = (lambda model=model, wrapper=wrapper, packed=packed:
-                       model.train_step(dict(packed), wrapper))
-    times: Dict[str, List[float]] = {name: [] for name in steps}
-    order = list(steps)
-    for rep in range(1 + args.e2e_repeat):  # one untimed step each first
-        for name in (order if rep % 2 == 0 else order[::-1]):
-            start = time.perf_counter()
-            steps[name]()
-            if rep:
-                times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    return dict(config=args.e2e_config, base_config=args.e2e_base_config or 'without DRConv',
-                input_shape=list(args.input_shape), batch=args.batch, repeat=args.e2e_repeat,
-                median_s=medians, ratio=medians['drconv'] / medians['baseline'],
-                drconv_layers=sum(type(m).__name__ == 'DRConv2d'
-                                  for m in built['drconv'].modules()))
+        train = models.fake_batch(model, args.batch, args.input_shape, args.seed)
+        infer = models.fake_batch(model, 1, args.infer_shape, args.seed)
+
+        def train_step(model=model, wrapper=wrapper, packed=train) -> None:
+            model.train()
+            model.train_step(dict(packed), wrapper)
+
+        def inference(model=model, packed=infer) -> None:
+            model.eval()
+            with torch.no_grad():
+                model.test_step(dict(packed))
+
+        runs[(name, 'train_step')], runs[(name, 'inference')] = train_step, inference
+    facts = dict(config=args.model, base_config=args.model_base_config or 'without DRConv',
+                 params={name: sum(p.numel() for p in m.parameters())
+                         for name, m in built.items()},
+                 drconv_layers=sum(isinstance(m, DRConv2d) for m in built['drconv'].modules()))
+    return runs, facts
+
+
+def benchmark_model(args: argparse.Namespace) -> Dict[str, Any]:
+    """Median seconds of training steps and inference of a config's model and its baseline,
+    interleaved; peak extra memory of a training step; parameters."""
+    runs, facts = model_runs(args)
+    times = time_runs(runs, torch.device('cpu'), args.model_repeat, 1)
+    medians = {f'{name}/{mode}': statistics.median(ts) for (name, mode), ts in times.items()}
+    memory = {name: peak_extra_bytes(runs[(name, 'train_step')], torch.device('cpu'))
+              for name in ('drconv', 'baseline')}
+    ratio = {mode: medians[f'drconv/{mode}'] / medians[f'baseline/{mode}']
+             for mode in ('train_step', 'inference')}
+    ratio['train_memory'] = memory['drconv'] / memory['baseline']
+    ratio['params'] = facts['params']['drconv'] / facts['params']['baseline']
+    return dict(facts, train_shape=[args.batch, *args.input_shape],
+                infer_shape=[1, *args.infer_shape], repeat=args.model_repeat,
+                median_s=medians, train_memory_bytes=memory, ratio=ratio)
+
+
+def check_model_targets(m: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    """The detection model's targets, for the DRConv Faster R-CNN config at 2 x 512 x 512
+    (training) and 1 x 800 x 1333 (inference) on CPU, 2 threads."""
+    if not (osp.basename(args.model) == osp.basename(DET_CONFIG) and args.threads == 2
+            and m['train_shape'] == [2, 3, 512, 512] and m['infer_shape'] == [1, 3, 800, 1333]):
+        return {}
+    checks = {f'training step <= {TARGETS["train_step"]}x baseline': 'train_step',
+              f'inference <= {TARGETS["inference"]}x baseline': 'inference',
+              f'training step peak memory <= {TARGETS["train_memory"]}x baseline':
+              'train_memory'}
+    return {name: dict(value=m['ratio'][key], met=bool(m['ratio'][key] <= TARGETS[key]))
+            for name, key in checks.items()}
 
 
 # ---------------------------------------------------------------- report
@@ -401,64 +478,86 @@ def mib(n: int) -> str:
     return f'{n / 2 ** 20:.1f}'
 
 
+def ratio_cells(r: Dict[str, Any], variants: List[str]) -> List[str]:
+    """A row's cells: base forward ms, each variant's forward ms (x base), the same for
+    forward+backward."""
+    med, rat = r['median_s'], r['ratio_to_conv']
+    base = next(k.split('/')[0] for k in med if k.split('/')[0] not in variants)
+    cells = []
+    for mode in MODES:
+        cells.append(ms(med[f'{base}/{mode}']))
+        cells += [f"{ms(med[f'{v}/{mode}'])} ({rat[f'{v}/{mode}']:.2f}x)" for v in variants]
+    return cells
+
+
+def table(head: List[str], rows: List[List[str]]) -> List[str]:
+    return ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)] + [
+        '| ' + ' | '.join(row) + ' |' for row in rows]
+
+
+def memory_cells(memory: Dict[str, int], base: str) -> List[str]:
+    return [mib(memory[base])] + [f'{mib(v)} ({v / memory[base]:.2f}x)'
+                                  for k, v in memory.items() if k != base]
+
+
 def tables(report: Dict[str, Any]) -> str:
     """The results as markdown tables."""
     env = report['environment']
-    lines = [] if not report['layers'] else [
-        f"device {env['device']}, {env['threads']} threads, {env['dtype']}, torch "
-        f"{env['torch']}, OMP_WAIT_POLICY {env['omp_wait_policy']}, median of "
-        f"{env['repeat']} interleaved repetitions ({env['warmup']} warm-up)", '']
     layers = report['layers']
+    lines = []
     if layers:
-        variants = [v for v in layers[0]['ratio_to_conv'] if v.endswith('/forward')]
-        variants = [v.split('/')[0] for v in variants]
-        head = ['shape B,C_in,C_out,H,W,k,m[,s]', 'conv fwd ms']
-        head += [f'{v} fwd ms (x conv)' for v in variants]
-        head += ['conv fwd+bwd ms'] + [f'{v} fwd+bwd ms (x conv)' for v in variants]
-        head += ['dense fwd / op fwd']
-        lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-        for r in layers:
-            med, rat = r['median_s'], r['ratio_to_conv']
-            row = [r['label'] + (f" ({r['count']} layers)" if r.get('count', 1) > 1 else ''),
-                   ms(med['conv/forward'])]
-            row += [f"{ms(med[v + '/forward'])} ({rat[v + '/forward']:.2f}x)" for v in variants]
-            row += [ms(med['conv/forward_backward'])]
-            row += [f"{ms(med[v + '/forward_backward'])} ({rat[v + '/forward_backward']:.2f}x)"
-                    for v in variants]
-            row += [f"{r['dense_over_op_forward']:.1f}x"]
-            lines.append('| ' + ' | '.join(row) + ' |')
+        lines += [f"device {env['device']}, {env['threads']} threads, {env['dtype']}, torch "
+                  f"{env['torch']}, OMP_WAIT_POLICY {env['omp_wait_policy']}, median of "
+                  f"{env['repeat']} interleaved repetitions ({env['warmup']} warm-up)", '']
+        variants = sorted({k.split('/')[0] for k in layers[0]['ratio_to_conv']})
+        variants = [v for v in ('region_conv', 'region_conv_top2', 'dense') if v in variants]
+        head = ['op: shape B,C_in,C_out,H,W,k,m[,s]', 'conv fwd ms']
+        head += [f'{v} fwd ms (x conv)' for v in variants] + ['conv fwd+bwd ms']
+        head += [f'{v} fwd+bwd ms (x conv)' for v in variants]
+        rows = [[r['label'] + (f" ({r['count']} layers)" if r.get('count', 1) > 1 else '')]
+                + ratio_cells(r, variants) for r in layers]
+        lines += table(head, rows)
+        if 'layer' in layers[0]:
+            names = [f'drconv_{g}' for g in GENERATORS]
+            head = ['layer: shape', 'nn.Conv2d fwd ms'] + [f'DRConv2d {g} fwd ms (x)'
+                                                           for g in GENERATORS]
+            head += ['nn.Conv2d fwd+bwd ms'] + [f'DRConv2d {g} fwd+bwd ms (x)'
+                                                for g in GENERATORS]
+            lines += [''] + table(head, [[r['label']] + ratio_cells(r['layer'], names)
+                                         for r in layers])
         if 'memory' in layers[0]:
-            lines += ['', 'Peak extra memory of forward+backward, MiB (x conv); second figure '
-                      "without the weight's own gradient", '']
-            head = ['shape'] + [v for v in layers[0]['memory']]
-            lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-            for r in layers:
-                row = [r['label']]
-                for v, mem in r['memory'].items():
-                    cell = f"{mib(mem['peak_extra_bytes'])} / " \
-                           f"{mib(mem['peak_extra_bytes_without_weight_grad'])}"
-                    if v != 'conv':
-                        ratio = r['memory_ratio_to_conv'][v]
-                        cell += f" ({ratio['peak_extra_bytes']:.2f}x / " \
-                                f"{ratio['without_weight_grad']:.2f}x)"
-                    row.append(cell)
-                lines.append('| ' + ' | '.join(row) + ' |')
-        checked = [(r['label'], r['targets']) for r in layers if r.get('targets')]
-        lines += ['', 'Targets (issue 5; CPU, 2 threads, float32, the two target shapes):']
-        if not checked:
-            lines.append('  not checked: no target shape under the targets\' conditions in '
-                         'this run')
-        for label, targets in checked:
-            for name, t in targets.items():
-                lines.append(f"  {label}: {name}: {t['value']:.2f} -> "
-                             f"{'met' if t['met'] else 'NOT met'}")
-    if report.get('training_step'):
-        e = report['training_step']
-        lines += ['', f"Training step ({e['config']}, {e['drconv_layers']} DRConv layers) vs "
-                  f"baseline ({e['base_config']}), batch {e['batch']} x "
-                  f"{tuple(e['input_shape'])}, median of {e['repeat']}:",
-                  f"  drconv {e['median_s']['drconv']:.2f} s, baseline "
-                  f"{e['median_s']['baseline']:.2f} s, ratio {e['ratio']:.2f}x"]
+            lines += ['', 'Peak extra memory of forward+backward, MiB (x conv)', '']
+            head = ['shape'] + list(layers[0]['memory'])
+            rows = [[r['label']] + memory_cells(r['memory'], 'conv') for r in layers]
+            if 'memory' in layers[0].get('layer', {}):
+                head += [f'layer: {v}' for v in layers[0]['layer']['memory']]
+                rows = [row + memory_cells(r['layer']['memory'], 'conv')
+                        for row, r in zip(rows, layers)]
+            lines += table(head, rows)
+    if report.get('model'):
+        m = report['model']
+        lines += ['' if lines else '',
+                  f"Model: {m['config']} ({m['drconv_layers']} DRConv layers) vs baseline "
+                  f"({m['base_config']}); training step {tuple(m['train_shape'])}, inference "
+                  f"{tuple(m['infer_shape'])}, medians of {m['repeat']} interleaved", '']
+        head = ['', 'training step s', 'inference s', 'training step peak memory MiB',
+                'parameters (M)']
+        rows = [[name, f"{m['median_s'][f'{name}/train_step']:.2f}",
+                 f"{m['median_s'][f'{name}/inference']:.2f}",
+                 mib(m['train_memory_bytes'][name]), f"{m['params'][name] / 1e6:.1f}"]
+                for name in ('drconv', 'baseline')]
+        rows.append(['ratio'] + [f"{m['ratio'][k]:.2f}x" for k in
+                                 ('train_step', 'inference', 'train_memory', 'params')])
+        lines += table(head, rows)
+    checked = [(r['label'], r['targets']) for r in layers if r.get('targets')]
+    if report.get('model', {}).get('targets'):
+        checked.append(('Faster R-CNN R50-FPN DRConv c3-c5', report['model']['targets']))
+    if checked:
+        lines += ['', 'Targets (CPU, 2 threads, float32):']
+    for label, targets in checked:
+        for name, t in targets.items():
+            lines.append(f"  {label}: {name}: {t['value']:.2f} -> "
+                         f"{'met' if t['met'] else 'NOT met'}")
     return '\n'.join(lines)
 
 
@@ -485,8 +584,9 @@ def main(argv=None) -> Dict[str, Any]:
                                    config=args.config, input_shape=list(args.input_shape),
                                    batch=args.batch),
                   layers=layers, targets=TARGETS)
-    if args.e2e_config:
-        report['training_step'] = benchmark_training_step(args)
+    if args.model:
+        report['model'] = benchmark_model(args)
+        report['model']['targets'] = check_model_targets(report['model'], args)
     if args.json == '-':
         print(json.dumps(report, indent=1))
     else:

@@ -27,7 +27,7 @@ from mmengine.config import DictAction  # noqa: E402
 from plugins.analysis import complexity  # noqa: E402,F401  DRConv2d's pricing
 from plugins.analysis import models  # noqa: E402
 
-DRCONV_PARTS = ('region_conv', 'guide_conv', 'filter_generator', 'region_filter_add')
+DRCONV_PARTS = ('region_conv', 'guide_conv', 'filter_generator', 'region_filters')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,7 +73,7 @@ def count(model: torch.nn.Module, batch: int, image_shape: Sequence[int]) -> Dic
                 region_conv=int(ops['region_conv']),
                 guide_conv=int(analyzer.total(f'{name}.guide_conv')),
                 filter_generator=int(analyzer.total(f'{name}.filter_generator')),
-                region_filter_add=int(ops['region_filter_add']),
+                region_filters=int(ops['region_filters']),
                 total=int(analyzer.total(name)))
     finally:
         if models.model_family(model) != 'other':
@@ -129,8 +129,8 @@ def main(argv=None) -> None:
     parts = {p: sum(layer[p] for layer in layers.values()) for p in DRCONV_PARTS}
     print(f'DRConv layers: {len(layers)}; their MAdds: selected-filter conv '
           f'{_format_size(parts["region_conv"])}, guide conv {_format_size(parts["guide_conv"])}, '
-          f'filter generator {_format_size(parts["filter_generator"])}, weight + delta '
-          f'{_format_size(parts["region_filter_add"])}')
+          f'filter generator {_format_size(parts["filter_generator"])}, forming the region '
+          f'filters {_format_size(parts["region_filters"])}')
     print(f'Model - baseline: Flops {model["flops"] - base["flops"]:+d} '
           f'({model["flops"] / base["flops"]:.3f}x), Params {model["params"] - base["params"]:+d} '
           f'({model["params"] / base["params"]:.3f}x)')

@@ -1,0 +1,898 @@
+// CPU kernels of drconv.region_conv and of DRConv2d's factored filters (float32), built and
+// loaded by drconv/cpu_kernels.py for AVX-512 or for AVX2 with FMA (the vector type below); the
+// pure-PyTorch path runs wherever these do not.
+//
+// The output pixels come sorted by group g = sample * m + region (`order`, group g's rows at
+// order[starts[g]:starts[g + 1]]). Each pixel's k x k patch is read straight from the
+// channels-last input while multiplying (no im2col buffer; an out-of-image tap reads zeros or is
+// skipped). K is ordered (kh, kw, C_in), as the filters are. A group's filters come from a
+// Filters source: explicit per-sample filters, or DRConv2d's factored form (static weight plus
+// per-sample combinations of parameter tensors), formed where the kernels pack them.
+// - Forward: one work item is a group and a panel of output channels. The panel's filter rows
+//   are packed once, transposed to (K, PANEL); then each tile of MAX_ROWS pixels broadcasts one
+//   input value against PANEL filter values per step and writes its results to the pixels'
+//   output rows.
+// - Filter gradient: one work item is a group; per tap and block of input channels, the
+//   pixels' values are packed, then multiplied with the group's output gradient (transposed).
+//   For factored filters one work item is a block of output channels instead, looping over the
+//   groups and reducing each group's gradient straight into the factors' gradients.
+// - Input gradient: one work item is a sample and a block of input channels; per group and tap
+//   the filters' block is packed, then each tile of pixels adds its gradient to its taps.
+// - Scores: one work item is a sample and a region; per tap and block of input channels the
+//   region's filter block is packed, then every pixel's patch gradient for that region is
+//   multiplied with its patch and added to its score (and, for 1x1 kernels, to x's gradient
+//   where the region is the pixel's own).
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int LANES = 16;
+using vec = __m512;
+inline vec vzero() { return _mm512_setzero_ps(); }
+inline vec vload(const float* p) { return _mm512_load_ps(p); }  // aligned
+inline void vstore(float* p, vec v) { _mm512_store_ps(p, v); }  // aligned
+inline vec vset1(float a) { return _mm512_set1_ps(a); }
+inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
+inline __mmask16 lanes(int64_t left) {
+  return left >= 16 ? 0xffff : left > 0 ? (1u << left) - 1 : 0;
+}
+// The first `left` floats at p (all LANES, or none when left <= 0), zeros in the other lanes.
+inline vec vload_part(const float* p, int64_t left) {
+  return _mm512_maskz_loadu_ps(lanes(left), p);
+}
+inline void vstore_part(float* p, vec v, int64_t left) {
+  _mm512_mask_storeu_ps(p, lanes(left), v);
+}
+// Register tiles: forward MAX_ROWS pixels x VECTORS vectors, backward BLOCK_ROWS rows x
+// BLOCK_VECTORS vectors (32 registers).
+constexpr int MAX_ROWS = 6, VECTORS = 4, BLOCK_ROWS = 12, BLOCK_VECTORS = 2;
+#else
+constexpr int LANES = 8;
+using vec = __m256;
+inline vec vzero() { return _mm256_setzero_ps(); }
+inline vec vload(const float* p) { return _mm256_load_ps(p); }
+inline void vstore(float* p, vec v) { _mm256_store_ps(p, v); }
+inline vec vset1(float a) { return _mm256_set1_ps(a); }
+inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+inline float vsum(vec v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+inline __m256i lane_mask(int64_t left) {
+  const int n = static_cast<int>(std::clamp<int64_t>(left, 0, 8));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline vec vload_part(const float* p, int64_t left) {
+  return left >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(left));
+}
+inline void vstore_part(float* p, vec v, int64_t left) {
+  if (left >= 8)
+    _mm256_storeu_ps(p, v);
+  else
+    _mm256_maskstore_ps(p, lane_mask(left), v);
+}
+// 16 registers: 6 x 2 accumulators, two filter vectors and a broadcast.
+constexpr int MAX_ROWS = 6, VECTORS = 2, BLOCK_ROWS = 6, BLOCK_VECTORS = 2;
+#endif
+constexpr int PANEL = LANES * VECTORS;        // output channels per forward work item
+constexpr int BLOCK = LANES * BLOCK_VECTORS;  // channels per backward block
+
+// Layer geometry, in the order `shape` passes it.
+// An output pixel: its sample's first input pixel and its tap (0, 0)'s input row and column.
+struct Pixel {
+  int64_t sample_offset;
+  int32_t ih, iw;
+};
+
+// Layer geometry, and a table of the output pixels (B * L), so that finding a tap takes no
+// division (two per lookup cost a third of the forward's time).
+struct Geometry {
+  int64_t batch, regions, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw;
+  Pixel* pixels;
+};
+
+}  // namespace
+
+// Where a group's filters come from (the layout of drconv/cpu_kernels.py's FilterSource).
+// Explicit: `filters`, element (group, o, tap, i) at group * group_stride + o * out_stride +
+// tap * tap_stride + i * in_stride, groups b * m + r, or r only when `shared` by the samples.
+// Factored (`filters` null):
+//   filter[b, r][o, t, i] = weight[o, t, i] + bias[r, o, i]
+//                           + sum_c coef[b, r, c, t] * terms[r, c, o, t, i]
+// with weight (C_out, K); bias (m, C_out, C_in) or null; terms (m or 1, n_terms, C_out, K or
+// C_in): shared by the regions unless terms_by_region, by the taps unless terms_by_tap; coef
+// (B, m, n_terms, taps or 1): shared by the taps unless coef_by_tap.
+struct Filters {
+  const float* filters;
+  const float* weight;
+  const float* bias;
+  const float* terms;
+  const float* coef;
+  int64_t shared, group_stride, out_stride, tap_stride, in_stride;
+  int64_t n_terms, terms_by_region, terms_by_tap, coef_by_tap;
+};
+
+// The factors' gradients (drconv/cpu_kernels.py's FactorGrads), each zeroed by the caller and
+// null when not wanted: weight (C_out, K), bias and terms shaped as theirs, coef_parts
+// (blocks, B, m, n_terms, taps or 1), one part per block of `block_rows` output channels.
+struct FactorGrads {
+  float* weight;
+  float* bias;
+  float* terms;
+  float* coef_parts;
+  int64_t block_rows;
+};
+
+namespace {
+
+// Channel 0 of tap (i, j) of sorted row `row` (flat output pixel b * L + p) in a channels-last
+// tensor of x's geometry, or nullptr when the tap falls in the padding.
+template <class T>
+inline T* tap_of(const Geometry& g, T* t, int64_t row, int64_t i, int64_t j) {
+  const Pixel& p = g.pixels[row];
+  const int64_t ih = p.ih + i * g.dh, iw = p.iw + j * g.dw;
+  if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) return nullptr;
+  return t + (p.sample_offset + ih * g.w + iw) * g.c_in;
+}
+
+#if defined(__AVX512F__)
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 16.
+inline void transpose_tile(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: pairs of rows interleaved
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // lane l of r[4i + q]: rows 4i..4i+3 of column 4l + q
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int q = 0; q < 4; ++q) {  // column 4l + q: lane l of r[q], r[4 + q], r[8 + q], r[12 + q]
+    const __m512 even01 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
+    const __m512 odd01 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd);
+    const __m512 even23 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+    const __m512 odd23 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
+    _mm512_storeu_ps(dst + q * dst_stride, _mm512_shuffle_f32x4(even01, even23, 0x88));
+    _mm512_storeu_ps(dst + (4 + q) * dst_stride, _mm512_shuffle_f32x4(odd01, odd23, 0x88));
+    _mm512_storeu_ps(dst + (8 + q) * dst_stride, _mm512_shuffle_f32x4(even01, even23, 0xdd));
+    _mm512_storeu_ps(dst + (12 + q) * dst_stride, _mm512_shuffle_f32x4(odd01, odd23, 0xdd));
+  }
+}
+#else
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8.
+inline void transpose_tile(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m256 r[8], t[8], s[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 4; ++i) {  // per 128-bit half: pairs of rows interleaved
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {  // s[4i + q]: rows 4i..4i+3 of columns q and 4 + q
+    s[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int q = 0; q < 4; ++q) {
+    _mm256_storeu_ps(dst + q * dst_stride, _mm256_permute2f128_ps(s[q], s[4 + q], 0x20));
+    _mm256_storeu_ps(dst + (4 + q) * dst_stride, _mm256_permute2f128_ps(s[q], s[4 + q], 0x31));
+  }
+}
+#endif
+
+// panel[k * PANEL + j] = rows[j * K + k] for j < width, zero for width <= j < PANEL.
+void pack_panel(const float* rows, int64_t K, int64_t width, float* panel) {
+  const int64_t kt = K - K % LANES, jt = width - width % LANES;
+  for (int64_t j = 0; j < jt; j += LANES)
+    for (int64_t k = 0; k < kt; k += LANES)
+      transpose_tile(rows + j * K + k, K, panel + k * PANEL + j, PANEL);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = k < kt ? jt : 0; j < PANEL; ++j)
+      panel[k * PANEL + j] = j < width ? rows[j * K + k] : 0.f;
+}
+
+// dst[(o - first_out) * dst_stride + i] = input channels first .. first + width of tap `tap` of
+// output channels o = first_out .. first_out + outs of group `group`'s filter.
+void filter_rows(const Geometry& g, const Filters& f, int64_t group, int64_t first_out,
+                 int64_t outs, int64_t tap, int64_t first, int64_t width, float* dst,
+                 int64_t dst_stride) {
+  const int64_t K = g.kh * g.kw * g.c_in, at = tap * g.c_in + first;
+  if (f.filters) {
+    const float* src = f.filters + (f.shared ? group % g.regions : group) * f.group_stride +
+                       first_out * f.out_stride + tap * f.tap_stride + first * f.in_stride;
+    for (int64_t o = 0; o < outs; ++o, src += f.out_stride, dst += dst_stride) {
+      if (f.in_stride == 1) {
+        memcpy(dst, src, width * sizeof(float));
+      } else {
+        for (int64_t i = 0; i < width; ++i) dst[i] = src[i * f.in_stride];
+      }
+    }
+    return;
+  }
+  constexpr int64_t MAX_TERMS = 64;
+  const int64_t r = group % g.regions, coef_taps = f.coef_by_tap ? g.kh * g.kw : 1;
+  const int64_t term_k = f.terms_by_tap ? K : g.c_in, term_stride = g.c_out * term_k;
+  const int64_t n_terms = std::min(f.n_terms, MAX_TERMS);
+  float coef[MAX_TERMS];
+  for (int64_t c = 0; c < n_terms; ++c)
+    coef[c] = f.coef[(group * f.n_terms + c) * coef_taps + (f.coef_by_tap ? tap : 0)];
+  const float* w = f.weight + first_out * K + at;
+  const float* bias = f.bias ? f.bias + (r * g.c_out + first_out) * g.c_in + first : nullptr;
+  const float* terms = f.terms + ((f.terms_by_region ? r : 0) * f.n_terms * g.c_out + first_out) *
+                                     term_k + (f.terms_by_tap ? at : first);
+  for (int64_t o = 0; o < outs; ++o, w += K, terms += term_k, dst += dst_stride) {
+    for (int64_t i = 0; i < width; i += LANES) {
+      vec v = vload_part(w + i, width - i);
+      if (bias) v = vadd(v, vload_part(bias + o * g.c_in + i, width - i));
+      for (int64_t c = 0; c < n_terms; ++c)
+        v = vfma(vset1(coef[c]), vload_part(terms + c * term_stride + i, width - i), v);
+      vstore_part(dst + i, v, width - i);
+    }
+  }
+}
+
+// A thread's panel of a group's filters (pack_panel) and a row of zeros for taps in the padding,
+// as response reads them; `rows` holds a panel's filter rows while they are formed.
+struct FilterPanel {
+  const Geometry& g;
+  const Filters& f;
+  float* panel;
+  float* zero_row;
+  float* rows;
+  FilterPanel(const Geometry& geometry, const Filters& filters)
+      : g(geometry),
+        f(filters),
+        panel(static_cast<float*>(
+            aligned_alloc(64, g.kh * g.kw * g.c_in * PANEL * sizeof(float)))),
+        zero_row(static_cast<float*>(calloc(g.c_in + LANES, sizeof(float)))),
+        rows(f.filters ? nullptr
+                       : static_cast<float*>(malloc(g.kh * g.kw * g.c_in * PANEL * sizeof(float)))) {
+  }
+  ~FilterPanel() {
+    free(panel);
+    free(zero_row);
+    free(rows);
+  }
+  bool allocated() const { return panel && zero_row && (f.filters || rows); }
+  void pack(int64_t group, int64_t first, int64_t width) {
+    const int64_t K = g.kh * g.kw * g.c_in;
+    if (f.filters && f.in_stride == 1 && f.tap_stride == g.c_in && f.out_stride == K) {
+      // rows of K in order: transposed in tiles from where they lie
+      const int64_t index = f.shared ? group % g.regions : group;
+      pack_panel(f.filters + index * f.group_stride + first * K, K, width, panel);
+      return;
+    }
+    if (f.filters) {  // any other strides: gathered
+      const float* src = f.filters + (f.shared ? group % g.regions : group) * f.group_stride;
+      for (int64_t j = 0; j < PANEL; ++j) {
+        const float* row = src + (first + j) * f.out_stride;
+        for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
+          for (int64_t i = 0; i < g.c_in; ++i)
+            panel[(tap * g.c_in + i) * PANEL + j] =
+                j < width ? row[tap * f.tap_stride + i * f.in_stride] : 0.f;
+      }
+      return;
+    }
+    for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
+      filter_rows(g, f, group, first, width, tap, 0, g.c_in, rows + tap * g.c_in, K);
+    pack_panel(rows, K, width, panel);
+  }
+};
+
+// Calls Kernel<rows, vectors>::run(args...) for runtime rows in 1..MAX and the vectors that hold
+// `width` floats (1..V).
+template <template <int, int> class Kernel, int V, int ROWS, class... Args>
+void with_rows(int rows, Args&&... args) {
+  if constexpr (ROWS > 1) {
+    if (rows < ROWS) return with_rows<Kernel, V, ROWS - 1>(rows, args...);
+  }
+  Kernel<ROWS, V>::run(args...);
+}
+
+template <template <int, int> class Kernel, int MAX, int V, class... Args>
+void dispatch(int rows, int64_t width, Args&&... args) {
+  if constexpr (V > 1) {
+    if ((width + LANES - 1) / LANES < V) return dispatch<Kernel, MAX, V - 1>(rows, width, args...);
+  }
+  with_rows<Kernel, V, MAX>(rows, args...);
+}
+
+// Responses: `acc` = output channels first.. (V vectors) of the ROWS sorted pixels `rows` from
+// the panel of a group's filters (pack_panel), their patches read from x (B, H, W, C_in).
+template <int ROWS, int V>
+inline void response(const Geometry& g, const float* x, const float* zero_row,
+                     const float* panel, const int64_t* rows, vec (&acc)[ROWS][V]) {
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = vzero();
+  const float* weights = panel;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const float* tap[ROWS];
+      for (int r = 0; r < ROWS; ++r) {
+        tap[r] = tap_of(g, x, rows[r], i, j);
+        if (!tap[r]) tap[r] = zero_row;
+      }
+      for (int64_t c = 0; c < g.c_in; ++c, weights += PANEL) {
+        vec wv[V];
+        for (int v = 0; v < V; ++v) wv[v] = vload(weights + LANES * v);
+        for (int r = 0; r < ROWS; ++r) {
+          const vec xv = vset1(tap[r][c]);
+          for (int v = 0; v < V; ++v) acc[r][v] = vfma(xv, wv[v], acc[r][v]);
+        }
+      }
+    }
+  }
+}
+
+// Forward: output channels first .. first + width of the ROWS sorted pixels `rows`, from the
+// panel of their group's filters, plus `bias` (those channels' own, or null), into the output
+// rows `out` (B * L, C_out).
+template <int ROWS, int V>
+struct OutputTile {
+  static void run(const Geometry& g, const float* x, const float* zero_row, const float* panel,
+                  const int64_t* rows, const float* bias, float* out, int64_t first,
+                  int64_t width) {
+    vec acc[ROWS][V];
+    response(g, x, zero_row, panel, rows, acc);
+    for (int v = 0; v < V; ++v) {
+      const vec b = bias ? vload_part(bias + LANES * v, width - LANES * v) : vzero();
+      for (int r = 0; r < ROWS; ++r)
+        vstore_part(out + rows[r] * g.c_out + first + LANES * v, vadd(acc[r][v], b),
+                    width - LANES * v);
+    }
+  }
+};
+
+// Scores from responses: the ROWS pixels' response to one region's panel, times their output
+// gradient there, added to scores[row * m + region].
+template <int ROWS, int V>
+struct ResponseScoreTile {
+  static void run(const Geometry& g, const float* x, const float* zero_row, const float* panel,
+                  const int64_t* rows, const float* grad_rows, float* scores, int64_t region,
+                  int64_t first, int64_t width) {
+    vec acc[ROWS][V];
+    response(g, x, zero_row, panel, rows, acc);
+    for (int r = 0; r < ROWS; ++r) {
+      const float* d = grad_rows + rows[r] * g.c_out + first;
+      vec dot = vzero();
+      for (int v = 0; v < V; ++v)
+        dot = vfma(acc[r][v], vload_part(d + LANES * v, width - LANES * v), dot);
+      scores[rows[r] * g.regions + region] += vsum(dot);
+    }
+  }
+};
+
+// The backward's tiles: ROWS rows by a block of up to BLOCK channels (V vectors), operands
+// packed contiguously first: rows read at a stride of a power of two (a pixel's channels, a
+// filter's taps) fall into a few cache sets and evict each other.
+
+// Filter gradient: output channels j0 .. j0 + ROWS by `width` input channels of one tap, summed
+// over a group's n pixels: patches (n, BLOCK) packed, grads_t (ROWS, n) the output gradient's
+// rows j0.. of the group, transposed. Written to out, rows K apart.
+template <int ROWS, int V>
+struct FilterGradTile {
+  static void run(const float* patches, const float* grads_t, int64_t n, float* out, int64_t K,
+                  int64_t width) {
+    vec acc[ROWS][V];
+    for (int r = 0; r < ROWS; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = vzero();
+    for (int64_t q = 0; q < n; ++q) {
+      vec xv[V];
+      for (int v = 0; v < V; ++v) xv[v] = vload(patches + q * BLOCK + LANES * v);
+      for (int r = 0; r < ROWS; ++r) {
+        const vec gv = vset1(grads_t[r * n + q]);
+        for (int v = 0; v < V; ++v) acc[r][v] = vfma(gv, xv[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < ROWS; ++r)
+      for (int v = 0; v < V; ++v)
+        vstore_part(out + r * K + LANES * v, acc[r][v], width - LANES * v);
+  }
+};
+
+// Patch gradient: `acc` = the ROWS sorted pixels' output gradient (rows of grad_rows) times the
+// packed block of one tap's `width` input channels of a group's filters (`weights`:
+// (C_out, BLOCK)), the pixels' patch gradient at those channels.
+template <int ROWS, int V>
+inline void patch_grad(const Geometry& g, const float* grad_rows, const float* weights,
+                       const int64_t* rows, vec (&acc)[ROWS][V]) {
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = vzero();
+  const float* grads[ROWS];
+  for (int r = 0; r < ROWS; ++r) grads[r] = grad_rows + rows[r] * g.c_out;
+  for (int64_t c = 0; c < g.c_out; ++c) {
+    vec wv[V];
+    for (int v = 0; v < V; ++v) wv[v] = vload(weights + c * BLOCK + LANES * v);
+    for (int r = 0; r < ROWS; ++r) {
+      const vec gv = vset1(grads[r][c]);
+      for (int v = 0; v < V; ++v) acc[r][v] = vfma(gv, wv[v], acc[r][v]);
+    }
+  }
+}
+
+// t[0 .. width) += sum.
+template <int V>
+inline void add_to(float* t, const vec (&sum)[V], int64_t width) {
+  for (int v = 0; v < V; ++v) {
+    const int64_t left = width - LANES * v;
+    vstore_part(t + LANES * v, vadd(vload_part(t + LANES * v, left), sum[v]), left);
+  }
+}
+
+// Input gradient: `width` input channels (from `first`) of tap (i, j) of the ROWS sorted pixels
+// `rows`, their patch gradient (patch_grad), added to grad_x (B, H, W, C_in).
+template <int ROWS, int V>
+struct InputGradTile {
+  static void run(const Geometry& g, const float* grad_rows, const float* weights,
+                  const int64_t* rows, float* grad_x, int64_t i, int64_t j, int64_t first,
+                  int64_t width) {
+    vec acc[ROWS][V];
+    patch_grad(g, grad_rows, weights, rows, acc);
+    for (int r = 0; r < ROWS; ++r) {
+      float* t = tap_of(g, grad_x, rows[r], i, j);
+      if (t) add_to(t + first, acc[r], width);
+    }
+  }
+};
+
+// Region scores: for the ROWS sorted pixels `rows` and one region, the part of
+// s = <output gradient, region's response> = <patch gradient, patch> from `width` input channels
+// (from `first`) of tap (i, j), added to scores[row * m + region]. The region's filters are packed
+// in `weights` as for patch_grad. Rows selected_from .. selected_to of the tile belong to the
+// region: with grad_x (1x1 kernels, where no two pixels share an input pixel), their patch
+// gradient, x's, is added to it.
+template <int ROWS, int V>
+struct PatchGradScoreTile {
+  static void run(const Geometry& g, const float* x, const float* grad_rows, const float* weights,
+                  const int64_t* rows, int64_t i, int64_t j, int64_t first, int64_t width,
+                  float* scores, int64_t region, int selected_from, int selected_to,
+                  float* grad_x) {
+    vec acc[ROWS][V];
+    patch_grad(g, grad_rows, weights, rows, acc);
+    for (int r = 0; r < ROWS; ++r) {
+      const float* t = tap_of(g, x, rows[r], i, j);
+      if (!t) continue;
+      vec dot = vzero();
+      for (int v = 0; v < V; ++v)
+        dot = vfma(acc[r][v], vload_part(t + first + LANES * v, width - LANES * v), dot);
+      scores[rows[r] * g.regions + region] += vsum(dot);
+      if (grad_x && r >= selected_from && r < selected_to)
+        add_to(grad_x + (t - x) + first, acc[r], width);
+    }
+  }
+};
+
+// dst[q * BLOCK + c] = rows[q][first + c] for c < width, zero up to BLOCK (rows[q] null: all
+// zero).
+void pack_block(const float* const* rows, int64_t n, int64_t first, int64_t width, float* dst) {
+  for (int64_t q = 0; q < n; ++q, dst += BLOCK) {
+    const float* row = rows[q] ? rows[q] + first : nullptr;
+    for (int v = 0; v < BLOCK_VECTORS; ++v)
+      vstore(dst + LANES * v, row ? vload_part(row + LANES * v, width - LANES * v) : vzero());
+  }
+}
+
+// A thread's packed blocks of a group's filters, one per tap: (taps, C_out, BLOCK), the tap's
+// `width` input channels from `first`, zero up to BLOCK, as patch_grad reads them.
+struct FilterBlock {
+  const Geometry& g;
+  const Filters& f;
+  float* weights;
+  FilterBlock(const Geometry& geometry, const Filters& filters)
+      : g(geometry),
+        f(filters),
+        weights(static_cast<float*>(
+            aligned_alloc(64, g.kh * g.kw * g.c_out * BLOCK * sizeof(float)))) {}
+  ~FilterBlock() { free(weights); }
+  bool allocated() const { return weights; }
+  float* at(int64_t tap) const { return weights + tap * g.c_out * BLOCK; }
+  void pack(int64_t group, int64_t tap, int64_t first, int64_t width) {
+    float* block = at(tap);
+    filter_rows(g, f, group, 0, g.c_out, tap, first, width, block, BLOCK);
+    if (width < BLOCK)
+      for (int64_t c = 0; c < g.c_out; ++c)
+        for (int64_t i = width; i < BLOCK; ++i) block[c * BLOCK + i] = 0.f;
+  }
+};
+
+// A thread's buffers for a filter gradient of `rows` output channels: the group's output
+// gradient transposed, (rows, n), one tap's block of its pixels' values, (n, BLOCK), the
+// pixels' taps, and (factored filters) the group's gradient block, (rows, K).
+struct GroupPatches {
+  float* grads_t;
+  float* patches;
+  const float** taps;
+  float* block;
+  bool with_block;
+  GroupPatches(const Geometry& g, int64_t rows, bool block_too)
+      : grads_t(static_cast<float*>(malloc(rows * g.h_out * g.w_out * sizeof(float)))),
+        patches(static_cast<float*>(aligned_alloc(64, g.h_out * g.w_out * BLOCK * sizeof(float)))),
+        taps(static_cast<const float**>(malloc(g.h_out * g.w_out * sizeof(float*)))),
+        block(block_too ? static_cast<float*>(malloc(rows * g.kh * g.kw * g.c_in * sizeof(float)))
+                        : nullptr),
+        with_block(block_too) {}
+  ~GroupPatches() {
+    free(grads_t);
+    free(patches);
+    free(taps);
+    free(block);
+  }
+  bool allocated() const { return grads_t && patches && taps && (block || !with_block); }
+};
+
+// out (rows, K, rows K apart) = the gradient of output channels first .. first + rows of group
+// `group`'s filter: its pixels' output gradient times their patches.
+void group_filter_grad(const Geometry& g, const float* x, const float* grad_rows,
+                       const int64_t* order, const int64_t* starts, int64_t group, int64_t first,
+                       int64_t rows, GroupPatches& buffers, float* out) {
+  const int64_t K = g.kh * g.kw * g.c_in, lo = starts[group], n = starts[group + 1] - lo;
+  for (int64_t q = 0; q < n; ++q) {
+    const float* row = grad_rows + order[lo + q] * g.c_out + first;
+    for (int64_t c = 0; c < rows; ++c) buffers.grads_t[c * n + q] = row[c];
+  }
+  for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+    for (int64_t q = 0; q < n; ++q)
+      buffers.taps[q] = tap_of(g, x, order[lo + q], tap / g.kw, tap % g.kw);
+    for (int64_t from = 0; from < g.c_in; from += BLOCK) {
+      const int64_t width = std::min<int64_t>(g.c_in - from, BLOCK);
+      pack_block(buffers.taps, n, from, width, buffers.patches);
+      for (int64_t j0 = 0; j0 < rows; j0 += BLOCK_ROWS)
+        dispatch<FilterGradTile, BLOCK_ROWS, BLOCK_VECTORS>(
+            static_cast<int>(std::min<int64_t>(rows - j0, BLOCK_ROWS)), width, buffers.patches,
+            buffers.grads_t + j0 * n, n, out + j0 * K + tap * g.c_in + from, K, width);
+    }
+  }
+}
+
+// Adds a group's filter gradient `grad` (rows, K) of output channels first .. first + rows to
+// the factors' gradients (Filters' factored form): weight += grad; bias[r] += grad summed over
+// the taps; terms[r, c] += coef[b, r, c, t] * grad (summed over the taps where the terms are
+// shared by them); coef part [b, r, c, t] += <terms[r, c] at tap t, grad at tap t> (summed
+// over the taps where the coefficients are shared by them).
+void reduce_to_factors(const Geometry& g, const Filters& f, const FactorGrads& d, int64_t group,
+                       int64_t first, int64_t rows, const float* grad, int64_t part) {
+  const int64_t K = g.kh * g.kw * g.c_in, taps = g.kh * g.kw, r = group % g.regions;
+  const int64_t coef_taps = f.coef_by_tap ? taps : 1, term_k = f.terms_by_tap ? K : g.c_in;
+  const float* coef = f.coef + group * f.n_terms * coef_taps;
+  float* coef_part = d.coef_parts
+                         ? d.coef_parts + (part * g.batch * g.regions + group) * f.n_terms * coef_taps
+                         : nullptr;
+  for (int64_t j = 0; j < rows; ++j) {
+    const int64_t o = first + j;
+    const float* gr = grad + j * K;
+    if (d.weight) {
+      float* dw = d.weight + o * K;
+      for (int64_t k = 0; k < K; k += LANES)
+        vstore_part(dw + k, vadd(vload_part(dw + k, K - k), vload_part(gr + k, K - k)), K - k);
+    }
+    if (d.bias) {
+      float* db = d.bias + (r * g.c_out + o) * g.c_in;
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t i = 0; i < g.c_in; i += LANES) {
+          const int64_t left = g.c_in - i;
+          vstore_part(db + i, vadd(vload_part(db + i, left), vload_part(gr + t * g.c_in + i, left)),
+                      left);
+        }
+    }
+    for (int64_t c = 0; c < f.n_terms; ++c) {
+      const int64_t term = ((f.terms_by_region ? r : 0) * f.n_terms + c) * g.c_out + o;
+      const float* T = f.terms + term * term_k;
+      float* dT = d.terms ? d.terms + term * term_k : nullptr;
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t at = f.terms_by_tap ? t * g.c_in : 0;
+        const vec a = vset1(coef[c * coef_taps + (f.coef_by_tap ? t : 0)]);
+        vec dot = vzero();
+        for (int64_t i = 0; i < g.c_in; i += LANES) {
+          const int64_t left = g.c_in - i;
+          const vec gv = vload_part(gr + t * g.c_in + i, left);
+          if (dT) vstore_part(dT + at + i, vfma(a, gv, vload_part(dT + at + i, left)), left);
+          dot = vfma(vload_part(T + at + i, left), gv, dot);
+        }
+        if (coef_part) coef_part[c * coef_taps + (f.coef_by_tap ? t : 0)] += vsum(dot);
+      }
+    }
+  }
+}
+
+// Runs work(buffers, item) for items 0 .. n on `threads` threads, each with Buffers of its own
+// made from args. Returns 1 when a thread's buffers could not be allocated, else 0.
+template <class Buffers, class Work, class... Args>
+int each_item(int64_t n, int threads, Work work, const Args&... args) {
+  int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+  {
+    Buffers buffers(args...);
+    failed = !buffers.allocated();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < n; ++item)
+      if (!failed) work(buffers, item);
+  }
+  return failed;
+}
+
+// The geometry `shape` gives (its 16 fields), with its pixel table, freed with it.
+struct LayerGeometry : Geometry {
+  explicit LayerGeometry(const int64_t* shape, int threads)
+      : Geometry{shape[0],  shape[1],  shape[2],  shape[3],  shape[4],  shape[5],
+                 shape[6],  shape[7],  shape[8],  shape[9],  shape[10], shape[11],
+                 shape[12], shape[13], shape[14], shape[15], nullptr} {
+    const int64_t n = batch * h_out * w_out;
+    pixels = static_cast<Pixel*>(malloc(std::max<int64_t>(n, 1) * sizeof(Pixel)));
+    if (!pixels) return;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t row = 0; row < n; ++row) {
+      const int64_t p = row % (h_out * w_out);
+      pixels[row] = Pixel{row / (h_out * w_out) * h * w, static_cast<int32_t>(p / w_out * sh - ph),
+                          static_cast<int32_t>(p % w_out * sw - pw)};
+    }
+  }
+  ~LayerGeometry() { free(pixels); }
+  LayerGeometry(const LayerGeometry&) = delete;
+  LayerGeometry& operator=(const LayerGeometry&) = delete;
+};
+
+}  // namespace
+
+// The arguments of the kernels. x, grad_x: (B, H, W, C_in) contiguous; filters: a Filters
+// source (K ordered (kh, kw, C_in)); grad_filters: (B * m, C_out, K) contiguous; order: (B * L)
+// flat pixels b * L + p sorted by group g = b * m + region, L = H_out * W_out; starts:
+// (B * m + 1) group offsets into order; out, grad_rows: (B * L, C_out) output (gradient) rows;
+// shape: the 16 Geometry fields. Each returns 0, or 1 when a buffer could not be allocated.
+
+// out = the selected-filter convolution, plus bias (C_out) unless null.
+extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
+                                         const int64_t* order, const int64_t* starts,
+                                         const float* bias, float* out, const int64_t* shape,
+                                         int threads) {
+  const LayerGeometry g(shape, threads);
+  if (!g.pixels) return 1;
+  const int64_t panels = (g.c_out + PANEL - 1) / PANEL;
+  return each_item<FilterPanel>(
+      g.batch * g.regions * panels, threads,
+      [&](FilterPanel& filter, int64_t item) {
+        const int64_t group = item / panels, first = (item % panels) * PANEL;
+        const int64_t lo = starts[group], hi = starts[group + 1];
+        if (lo == hi) return;
+        const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
+        filter.pack(group, first, width);
+        for (int64_t row = lo; row < hi; row += MAX_ROWS)
+          dispatch<OutputTile, MAX_ROWS, VECTORS>(
+              static_cast<int>(std::min<int64_t>(hi - row, MAX_ROWS)), width, g, x,
+              filter.zero_row, filter.panel, order + row, bias ? bias + first : nullptr, out,
+              first, width);
+      },
+      g, *filters);
+}
+
+// grad_filters = every group's filter gradient (zero for groups without pixels). One work item
+// is a group.
+extern "C" int drconv_region_filter_grad_f32(const float* x, const float* grad_rows,
+                                             const int64_t* order, const int64_t* starts,
+                                             float* grad_filters, const int64_t* shape,
+                                             int threads) {
+  const LayerGeometry g(shape, threads);
+  if (!g.pixels) return 1;
+  const int64_t K = g.kh * g.kw * g.c_in;
+  return each_item<GroupPatches>(
+      g.batch * g.regions, threads,
+      [&](GroupPatches& buffers, int64_t group) {
+        if (starts[group] == starts[group + 1]) {
+          memset(grad_filters + group * g.c_out * K, 0, g.c_out * K * sizeof(float));
+          return;
+        }
+        group_filter_grad(g, x, grad_rows, order, starts, group, 0, g.c_out, buffers,
+                          grad_filters + group * g.c_out * K);
+      },
+      g, g.c_out, false);
+}
+
+// The factors' gradients (FactorGrads, zeroed by the caller) of factored filters. One work item
+// is a block of grads->block_rows output channels, looping over the groups in order and reducing
+// each group's gradient block into the factors' gradients: every element is summed by one
+// thread in a fixed order.
+extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad_rows,
+                                               const int64_t* order, const int64_t* starts,
+                                               const Filters* filters, const FactorGrads* grads,
+                                               const int64_t* shape, int threads) {
+  const LayerGeometry g(shape, threads);
+  if (!g.pixels) return 1;
+  const int64_t rows = grads->block_rows, blocks = (g.c_out + rows - 1) / rows;
+  return each_item<GroupPatches>(
+      blocks, threads,
+      [&](GroupPatches& buffers, int64_t part) {
+        const int64_t first = part * rows, n_rows = std::min<int64_t>(g.c_out - first, rows);
+        for (int64_t group = 0; group < g.batch * g.regions; ++group) {
+          if (starts[group] == starts[group + 1]) continue;
+          group_filter_grad(g, x, grad_rows, order, starts, group, first, n_rows, buffers,
+                            buffers.block);
+          reduce_to_factors(g, *filters, *grads, group, first, n_rows, buffers.block, part);
+        }
+      },
+      g, rows, true);
+}
+
+// grad_x (zeroed by the caller) += the input gradient. One work item is a sample and a block of
+// BLOCK input channels, so no two threads add to the same element.
+extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float* grad_rows,
+                                            const int64_t* order, const int64_t* starts,
+                                            float* grad_x, const int64_t* shape, int threads) {
+  const LayerGeometry g(shape, threads);
+  if (!g.pixels) return 1;
+  const int64_t blocks = (g.c_in + BLOCK - 1) / BLOCK;
+  return each_item<FilterBlock>(
+      g.batch * blocks, threads,
+      [&](FilterBlock& block, int64_t item) {
+        const int64_t sample = item / blocks, first = item % blocks * BLOCK;
+        const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
+        for (int64_t group = sample * g.regions; group < (sample + 1) * g.regions; ++group) {
+          const int64_t lo = starts[group], hi = starts[group + 1];
+          if (lo == hi) continue;
+          for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) block.pack(group, tap, first, width);
+          // every tap of a tile before the next: its output gradient rows stay in L1
+          for (int64_t row = lo; row < hi; row += BLOCK_ROWS)
+            for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
+              dispatch<InputGradTile, BLOCK_ROWS, BLOCK_VECTORS>(
+                  static_cast<int>(std::min<int64_t>(hi - row, BLOCK_ROWS)), width, g, grad_rows,
+                  block.at(tap), order + row, grad_x, tap / g.kw, tap % g.kw, first, width);
+        }
+      },
+      g, *filters);
+}
+
+namespace {
+
+// Pixels per chunk of the scores: a chunk's patches and output gradients stay in L2 while every
+// block or panel of the region's filters passes over them.
+constexpr int64_t SCORE_CHUNK = 256;
+
+// Scores as patch gradient times patch (PatchGradScoreTile): the product's sum runs over C_out.
+int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filters,
+                          const float* grad_rows, const int64_t* order, const int64_t* starts,
+                          float* scores, float* grad_x, int threads) {
+  return each_item<FilterBlock>(
+      g.batch * g.regions, threads,
+      [&](FilterBlock& block, int64_t group) {
+        const int64_t sample = group / g.regions, region = group % g.regions;
+        const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
+        for (int64_t chunk = lo; chunk < hi; chunk += SCORE_CHUNK) {
+          const int64_t end = std::min(hi, chunk + SCORE_CHUNK);
+          for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+            for (int64_t first = 0; first < g.c_in; first += BLOCK) {
+              const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
+              block.pack(group, tap, first, width);
+              for (int64_t row = chunk; row < end; row += BLOCK_ROWS) {
+                const int rows = static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS));
+                // the tile's rows of this region: x's gradient where it is the pixel's own
+                const int from =
+                    static_cast<int>(std::clamp<int64_t>(starts[group] - row, 0, rows));
+                const int to =
+                    static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
+                dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
+                    rows, width, g, x, grad_rows, block.at(tap), order + row, tap / g.kw,
+                    tap % g.kw, first, width, scores, region, from, to, grad_x);
+              }
+            }
+          }
+        }
+      },
+      g, filters);
+}
+
+// Scores as response times output gradient (ResponseScoreTile): the product's sum runs over K.
+// The sample's pixels are taken in image order, whose neighbours share their patches' taps.
+int scores_by_responses(const Geometry& g, const float* x, const Filters& filters,
+                        const float* grad_rows, float* scores, int threads) {
+  const int64_t pixels = g.h_out * g.w_out;
+  return each_item<FilterPanel>(
+      g.batch * g.regions, threads,
+      [&](FilterPanel& filter, int64_t group) {
+        const int64_t sample = group / g.regions, region = group % g.regions;
+        int64_t rows[SCORE_CHUNK];
+        for (int64_t chunk = 0; chunk < pixels; chunk += SCORE_CHUNK) {
+          const int64_t n = std::min(pixels - chunk, SCORE_CHUNK);
+          for (int64_t q = 0; q < n; ++q) rows[q] = sample * pixels + chunk + q;
+          for (int64_t first = 0; first < g.c_out; first += PANEL) {
+            const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
+            filter.pack(group, first, width);
+            for (int64_t q = 0; q < n; q += MAX_ROWS)
+              dispatch<ResponseScoreTile, MAX_ROWS, VECTORS>(
+                  static_cast<int>(std::min<int64_t>(n - q, MAX_ROWS)), width, g, x,
+                  filter.zero_row, filter.panel, rows + q, grad_rows, scores, region, first,
+                  width);
+          }
+        }
+      },
+      g, filters);
+}
+
+}  // namespace
+
+// scores (B * L, m, zeroed by the caller) += every region's score at every pixel,
+// <output gradient, region's response>, one work item per sample and region (m: the regions of
+// `filters`, which may be stand-ins shared by the samples, their pixels all in the first). The
+// products' sums run over the longer of K and C_out: as patch gradient times patch when
+// K <= C_out (then with grad_x, zeroed, for 1x1 kernels only, also x's gradient), else as
+// response times output gradient (grad_x must be null).
+extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
+                                        const float* grad_rows, const int64_t* order,
+                                        const int64_t* starts, float* scores, float* grad_x,
+                                        const int64_t* shape, int threads) {
+  const LayerGeometry g(shape, threads);
+  if (!g.pixels) return 1;
+  if (g.kh * g.kw * g.c_in <= g.c_out)
+    return scores_by_patch_grads(g, x, *filters, grad_rows, order, starts, scores, grad_x,
+                                 threads);
+  return scores_by_responses(g, x, *filters, grad_rows, scores, threads);
+}
+
+// out[b, j, i] = x[b, i, j] for x (B, rows, cols), in LANES x LANES tiles.
+extern "C" void drconv_transpose_f32(const float* x, float* out, int64_t batch, int64_t rows,
+                                     int64_t cols, int threads) {
+  const int64_t rows_t = rows - rows % LANES, cols_t = cols - cols % LANES;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t j = 0; j < cols_t; j += LANES) {
+      const float* src = x + b * rows * cols + j;
+      float* dst = out + (b * cols + j) * rows;
+      for (int64_t i = 0; i < rows_t; i += LANES)
+        transpose_tile(src + i * cols, cols, dst + i, rows);
+      for (int64_t i = rows_t; i < rows; ++i)
+        for (int64_t q = 0; q < LANES; ++q) dst[q * rows + i] = src[i * cols + q];
+    }
+  }
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = cols_t; j < cols; ++j)
+      for (int64_t i = 0; i < rows; ++i)
+        out[(b * cols + j) * rows + i] = x[(b * rows + i) * cols + j];
+}
+
+// region (B, L) = the first of the m largest guide logits (B, m, L) of each pixel, NaN counting
+// as the largest, as torch's max does.
+extern "C" void drconv_region_of(const float* guide, int64_t batch, int64_t regions,
+                                 int64_t pixels, int64_t* region, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* g = guide + b * regions * pixels;
+    for (int64_t p = 0; p < pixels; ++p) {
+      float best = g[p];
+      int64_t index = 0;
+      for (int64_t j = 1; j < regions && best == best; ++j) {
+        const float v = g[j * pixels + p];
+        if (v > best || v != v) best = v, index = j;
+      }
+      region[b * pixels + p] = index;
+    }
+  }
+}
+
+// Sort the pixels of region (B, L), values in [0, m), by group g = b * m + region, stably:
+// order (B * L) gets the flat pixels b * L + p, starts (B * m + 1) the group offsets.
+// Returns 0, or 1 when a buffer could not be allocated.
+extern "C" int drconv_sort_by_group(const int64_t* region, int64_t batch, int64_t pixels,
+                                    int64_t regions, int64_t* order, int64_t* starts) {
+  const int64_t groups = batch * regions, n = batch * pixels;
+  int64_t* next = static_cast<int64_t*>(malloc((groups + 1) * sizeof(int64_t)));
+  if (!next) return 1;
+  for (int64_t g = 0; g <= groups; ++g) starts[g] = 0;
+  for (int64_t i = 0; i < n; ++i) ++starts[(i / pixels) * regions + region[i] + 1];
+  for (int64_t g = 0; g < groups; ++g) starts[g + 1] += starts[g];
+  for (int64_t g = 0; g < groups; ++g) next[g] = starts[g];
+  for (int64_t i = 0; i < n; ++i) order[next[(i / pixels) * regions + region[i]]++] = i;
+  free(next);
+  return 0;
+}
