@@ -19,6 +19,26 @@ from .patches import Geometry
 from .region_conv import GUIDE_GRADS, check_inputs, guide_gradient_from_scores, region_conv
 
 
+def check_factors(f: Factors, x: Tensor, guide: Tensor) -> None:
+    """Raise ValueError naming the factor and shapes when the factors do not fit x and guide."""
+    c_out, c_in, kh, kw = f.weight.shape
+    b, m = guide.shape[:2]
+    shapes = ', '.join(f'{name} {tuple(t.shape)}' for name, t in f._asdict().items()
+                       if t is not None)
+    n = f.terms.shape[1] if f.terms.dim() >= 2 else -1
+    terms_ok = (f.terms.dim() in (4, 6) and f.terms.shape[0] in (1, m)
+                and tuple(f.terms.shape[2:]) in ((c_out, kh, kw, c_in), (c_out, c_in)))
+    coef_ok = (f.coef.dim() == 4 and tuple(f.coef.shape[:3]) == (b, m, n)
+               and f.coef.shape[3] in (1, kh * kw))
+    bias_ok = f.bias is None or tuple(f.bias.shape) == (m, c_out, c_in)
+    if not (terms_ok and coef_ok and bias_ok):
+        raise ValueError(
+            f'region_conv_factored: factors do not fit guide {tuple(guide.shape)} (B={b}, m={m}) '
+            f'and weight (C_out={c_out}, C_in={c_in}, kh={kh}, kw={kw}): {shapes}; expected '
+            'terms (m or 1, n, C_out, kh, kw, C_in) or (m or 1, n, C_out, C_in), coef '
+            '(B, m, n, kh * kw or 1), bias (m, C_out, C_in) or None')
+
+
 def stand_in_filters(f: Factors) -> Tensor:
     """The filters whose scores give every region's, where the terms are shared by the regions
     and the taps have one coefficient (the 'bases' generator): the static weight, then each
@@ -105,6 +125,8 @@ def region_conv_factored(x: Tensor, factors: Factors, guide: Tensor, stride: Int
     Returns:
         Tensor[batch_size, out_channels, out_height, out_width]: as :func:`drconv.region_conv`.
     """
+    if guide.dim() == 4 and factors.weight.dim() == 4:
+        check_factors(factors, x, guide)
     if not cpu_kernels.is_available(x) or torch.is_autocast_enabled(x.device.type):
         out = region_conv(x, factors.materialize(), guide, stride, padding, dilation,
                           guide_grad=guide_grad)
@@ -112,7 +134,6 @@ def region_conv_factored(x: Tensor, factors: Factors, guide: Tensor, stride: Int
     geo = Geometry(tuple(factors.weight.shape[-2:]), pair(stride, 'stride', 1),
                    pair(padding, 'padding', 0), pair(dilation, 'dilation', 1))
     b, m = guide.shape[:2]
-    c_out, c_in = factors.weight.shape[:2]
     check_inputs(x, factors.weight.expand(b, m, *factors.weight.shape), guide, geo)
     if guide_grad not in GUIDE_GRADS:
         raise ValueError(f'region_conv_factored: guide_grad must be one of {GUIDE_GRADS}, '

@@ -8,11 +8,13 @@ decode images).
 - :func:`verification_accuracy`, :func:`tar_at_far`: insightface's 10-fold protocol.
 """
 from . import recordio
-from .binfile import BinFormatError, decode_image, load_bin, save_bin
+from .binfile import BinFormatError, check_bin, decode_image, load_bin, save_bin
 from .recordio import RecordIOError
-from .verification import consecutive_folds, tar_at_far, verification_accuracy
+from .verification import (consecutive_folds, tar_at_far, threshold_fold_impostors,
+                           verification_accuracy)
 
 __all__ = [
     'recordio', 'RecordIOError', 'BinFormatError', 'load_bin', 'save_bin', 'decode_image',
-    'verification_accuracy', 'tar_at_far', 'consecutive_folds',
+    'verification_accuracy', 'tar_at_far', 'threshold_fold_impostors', 'consecutive_folds',
+    'check_bin',
 ]

@@ -19,6 +19,7 @@ values that follow the header. insightface writes record 0 as a header record wi
 ``flag=2, label=[first identity record, end of identity records]``; image records are the keys
 ``1 .. label[0]-1`` and identity records (``label=[first image, end image)``) follow them.
 """
+import itertools
 import numbers
 import os
 import struct
@@ -240,9 +241,30 @@ class MXIndexedRecordIO(MXRecordIO):
         self.handle.seek(pos)
 
     def read_idx(self, idx) -> bytes:
-        """Reads the record with key ``idx``."""
+        """Reads the record with key ``idx``.
+
+        Raises:
+            KeyError: no such key. RecordIOError: a broken record; names file, offset and key.
+        """
         self.seek(idx)
-        return self.read()
+        try:
+            return self.read()
+        except RecordIOError as error:
+            raise RecordIOError(f'{error} (record key {idx!r})') from None
+
+    def read_img(self, idx, iscolor: int = -1) -> Tuple[IRHeader, np.ndarray]:
+        """Reads the record with key ``idx`` and decodes its image (:func:`unpack_img`).
+
+        Raises:
+            RecordIOError: a broken record or a payload that is not an image; names the file,
+                the key and the record's byte offset.
+        """
+        s = self.read_idx(idx)
+        try:
+            return unpack_img(s, iscolor)
+        except RecordIOError as error:
+            raise RecordIOError(f'{self.uri}: record key {idx!r} at byte offset '
+                                f'{self.idx[idx]}: {error}') from None
 
     def write_idx(self, idx, buf: bytes) -> None:
         """Appends a record with key ``idx`` and indexes it."""
@@ -291,7 +313,7 @@ def unpack_img(s: bytes, iscolor: int = -1) -> Tuple[IRHeader, np.ndarray]:
     header, s = unpack(s)
     img = cv2.imdecode(np.frombuffer(s, dtype=np.uint8), iscolor)
     if img is None:
-        raise RecordIOError(f'record id={header.id}: payload of {len(s)} bytes is not an image')
+        raise RecordIOError(f'payload of {len(s)} bytes is not an image (header id={header.id})')
     return header, img
 
 
@@ -351,3 +373,60 @@ def write_face_records(out_dir: str, identities, image_size=(112, 112),
     with open(os.path.join(out_dir, 'property'), 'w') as f:
         f.write(f'{num_ids},{image_size[0]},{image_size[1]}\n')
     return num_images, num_ids
+
+
+def face_record_keys(rec: MXIndexedRecordIO) -> Tuple[np.ndarray, List[int]]:
+    """The image keys and the identity-record keys of a face record set.
+
+    With insightface's header (record 0, ``flag > 0``, ``label = [end of images, end of
+    identity records]``) the images are keys ``1 .. label[0]-1`` and the identity records follow;
+    without it every key is an image and there are no identity records.
+
+    Returns:
+        tuple[array[int64], list[int]]: image keys, identity-record keys.
+    """
+    header = unpack(rec.read_idx(0))[0] if 0 in rec.idx else None
+    if header is not None and header.flag > 0:
+        end_images, end_ids = int(header.label[0]), int(header.label[1])
+        return np.arange(1, end_images, dtype=np.int64), list(range(end_images, end_ids))
+    return np.asarray(rec.keys, dtype=np.int64), []
+
+
+def check_face_records(idx_path: str, rec_path: str,
+                       max_problems: int = 20) -> Tuple[int, List[str]]:
+    """Reads every record of a face record set and decodes every image.
+
+    Checks what training would meet only when it reaches a record: magic numbers, truncation,
+    ``.idx`` offsets, keys the header promises, label arrays, and image payloads.
+
+    Args:
+        idx_path (str): The ``.idx`` file. rec_path (str): The ``.rec`` file.
+        max_problems (int): Stop after this many broken records. Default: 20.
+
+    Returns:
+        tuple[int, list[str]]: The number of records read and one message per broken record.
+
+    Raises:
+        RecordIOError: the index or the header record 0 cannot be read at all.
+    """
+    problems = []
+    checked = 0
+    with MXIndexedRecordIO(idx_path, rec_path, 'r') as rec:
+        image_keys, identity_keys = face_record_keys(rec)
+        reads = itertools.chain(((int(k), rec.read_img) for k in image_keys),
+                                ((k, lambda key: unpack(rec.read_idx(key)))
+                                 for k in identity_keys))
+        for key, read in reads:
+            if len(problems) >= max_problems:
+                break
+            checked += 1
+            try:
+                read(key)
+            except KeyError:
+                problems.append(f'{idx_path}: no record with key {key}, which the header '
+                                'record 0 of this set lists')
+            except RecordIOError as error:
+                message = str(error)
+                problems.append(message if message.startswith(rec_path) else
+                                f'{rec_path}: record key {key}: {message}')
+    return checked, problems

@@ -131,3 +131,15 @@ def tar_at_far(embeddings, issame: Sequence[bool], far_target: float = 1e-3,
         tars.append(accept[same].mean() if same.any() else 0.0)
         fars.append(accept[diff].mean() if diff.any() else 0.0)
     return float(np.mean(tars)), float(np.std(tars)), float(np.mean(fars))
+
+
+def threshold_fold_impostors(issame: Sequence[bool], num_folds: int = 10) -> int:
+    """Fewest impostor pairs among the folds' threshold-picking splits (the other folds).
+
+    A TAR@FAR threshold can only hold a FAR that is a multiple of ``1 / impostors`` there: with
+    fewer than ``1 / far_target`` impostor pairs (1000 for FAR=1e-3), :func:`tar_at_far` picks
+    the threshold at FAR 0, and its TAR is the TAR at FAR 0.
+    """
+    issame = np.asarray(issame, dtype=bool).ravel()
+    folds = consecutive_folds(issame.size, num_folds)
+    return int(min((~issame[train]).sum() for train, _ in folds))

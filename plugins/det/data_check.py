@@ -17,11 +17,25 @@ EXPECTED_LAYOUTS = {
                           '<data_root>/gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png '
                           "(mmseg's tools/dataset_converters/cityscapes.py writes the "
                           'labelTrainIds)'),
+    'MXFaceDataset': ("<data_root>/train.rec, train.idx, property (insightface's RecordIO, e.g. "
+                      'MS1MV3), with the verification sets <data_root>/lfw.bin, cfp_fp.bin, '
+                      'agedb_30.bin next to them'),
+    'VerificationBinDataset': "<data_root>/<set>.bin (insightface's lfw.bin, cfp_fp.bin, ...)",
 }
+# The command that writes a small synthetic data set of that type (default: the det/seg one).
+SYNTHETIC_DATA_COMMANDS = {
+    'MXFaceDataset': ('`python tools/face/make_demo_data.py DATA_ROOT` (or pack image folders '
+                      'with `python tools/face/pack_recordio.py IMAGES_DIR DATA_ROOT`)'),
+    'VerificationBinDataset': '`python tools/face/make_demo_data.py DATA_ROOT`',
+}
+SYNTHETIC_DATA_COMMAND = '`python tools/make_demo_data.py`'
 
-HINT = ('Point data_root at the data set (e.g. --cfg-options '
-        'train_dataloader.dataset.data_root=...), or write a small synthetic one with '
-        '`python tools/make_demo_data.py`.')
+
+def _hint(dataset_type: str) -> str:
+    command = SYNTHETIC_DATA_COMMANDS.get(dataset_type, SYNTHETIC_DATA_COMMAND)
+    return ('Point data_root at the data set (e.g. --cfg-options '
+            'train_dataloader.dataset.data_root=...), or write a small synthetic one with '
+            f'{command}.')
 
 
 def _leaf_datasets(dataset_cfg) -> Iterator[dict]:
@@ -89,9 +103,9 @@ def check_data_paths(cfg, dataloaders: Sequence[str]) -> None:
                 if problem is None:
                     continue
                 dataset_type = str(dataset_cfg.get('type', 'dataset'))
+                short_type = dataset_type.split('.')[-1]
                 layout = EXPECTED_LAYOUTS.get(
-                    dataset_type.split('.')[-1],
-                    ', '.join(p for p, _ in _required_paths(dataset_cfg)))
+                    short_type, ', '.join(p for p, _ in _required_paths(dataset_cfg)))
                 raise FileNotFoundError(
                     f'{name}: {dataset_type} data path {path!r} {problem}.\n'
-                    f'Expected layout: {layout}.\n{HINT}')
+                    f'Expected layout: {layout}.\n{_hint(short_type)}')

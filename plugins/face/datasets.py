@@ -5,6 +5,7 @@ the verification set ``set_name``, ``sample_idx`` (image index in its set) and `
 flag of the image's pair). Training sets have :meth:`max_label` for the label-range check
 (:class:`FaceLabelRangeHook`).
 """
+import logging
 import os
 import os.path as osp
 import struct
@@ -66,20 +67,23 @@ class MXFaceDataset(_FaceDataset):
         self.idx_path = osp.join(self.data_root, idx_file)
         for path in (self.rec_path, self.idx_path):
             if not osp.isfile(path):
-                raise FileNotFoundError(f'MXFaceDataset: {path} does not exist (insightface '
-                                        'layout: <data_root>/train.rec, train.idx, property)')
+                raise FileNotFoundError(
+                    f'MXFaceDataset: {path} does not exist. Expected insightface\'s layout: '
+                    '<data_root>/train.rec, train.idx, property. Pack image folders with '
+                    '`python tools/face/pack_recordio.py IMAGES_DIR DATA_ROOT`, or write a '
+                    'small synthetic set with `python tools/face/make_demo_data.py DATA_ROOT`.')
         self._rec = None
         self._pid = None
-        rec = self._reader()
-        header, _ = recordio.unpack(rec.read_idx(0)) if 0 in rec.idx else (None, None)
-        self.identity_keys: List[int] = []
-        if header is not None and header.flag > 0:
-            end_images, end_ids = int(header.label[0]), int(header.label[1])
-            self.imgidx = np.arange(1, end_images, dtype=np.int64)
-            self.identity_keys = list(range(end_images, end_ids))
-        else:
-            self.imgidx = np.asarray(rec.keys, dtype=np.int64)
+        try:
+            self.imgidx, self.identity_keys = recordio.face_record_keys(self._reader())
+        except recordio.RecordIOError as error:
+            raise recordio.RecordIOError(f'{error}\n{self.check_hint()}') from None
         self.num_classes_property = self._read_property()
+
+    def check_hint(self) -> str:
+        """The command that reads every record of this set (what training meets one by one)."""
+        return ('Check every record with: python tools/face/pack_recordio.py --check '
+                f'{self.data_root}')
 
     def _read_property(self) -> Optional[int]:
         path = osp.join(self.data_root, 'property')
@@ -133,7 +137,10 @@ class MXFaceDataset(_FaceDataset):
 
     def __getitem__(self, index: int) -> dict:
         key = int(self.imgidx[index])
-        header, img = recordio.unpack_img(self._reader().read_idx(key), cv2.IMREAD_COLOR)
+        try:
+            header, img = self._reader().read_img(key, cv2.IMREAD_COLOR)
+        except recordio.RecordIOError as error:
+            raise recordio.RecordIOError(f'{error}\n{self.check_hint()}') from None
         label = header.label
         label = int(label if np.isscalar(label) else label[0])
         return self.prepare(dict(img=img, gt_label=label, sample_idx=index))
@@ -193,8 +200,9 @@ class VerificationBinDataset(_FaceDataset):
         bin_names (Sequence[str]): Set names; the files are ``<data_root>/<name>.bin``.
         image_size (int): Images are resized to it when they differ. Default: 112.
         pipeline (list[dict], optional): Default: resize, pack (no flip: the model does flip TTA).
-        skip_missing (bool): Leave out sets whose file is missing (with a warning) instead of
-            raising; used for validation during training. Default: False.
+        skip_missing (bool): Leave out sets whose file is missing instead of raising, with
+            one warning that names the missing files; used for validation during training
+            (``VerificationValLoop`` skips validation when no set is left). Default: False.
     """
 
     def __init__(self, data_root: str, bin_names: Sequence[str] = ('lfw', 'cfp_fp', 'agedb_30'),
@@ -207,30 +215,44 @@ class VerificationBinDataset(_FaceDataset):
             bin_names = [bin_names]
         self.image_size = image_size
         self.set_names: List[str] = []
+        self.missing_sets: List[str] = []
+        self.paths: dict = {}
         self.issame: dict = {}
         self._items = []  # (set name, image index, encoded image)
         for name in bin_names:
             path = osp.join(self.data_root, f'{name}.bin')
             if not osp.isfile(path):
-                if skip_missing:
-                    print_log(f'VerificationBinDataset: {path} not found, {name} is skipped',
-                              logger='current', level=30)
-                    continue
-                raise FileNotFoundError(f'VerificationBinDataset: {path} does not exist')
+                if not skip_missing:
+                    raise FileNotFoundError(f'VerificationBinDataset: {path} does not exist')
+                self.missing_sets.append(name)
+                continue
             bins, issame = binfile.load_bin(path)
             self.set_names.append(name)
+            self.paths[name] = path
             self.issame[name] = issame
             self._items.extend((name, i, b) for i, b in enumerate(bins))
+        if self.missing_sets:
+            missing = ', '.join(osp.join(self.data_root, f'{n}.bin') for n in self.missing_sets)
+            left = (f'validating on {", ".join(self.set_names)}' if self.set_names else
+                    'no verification set is left, so there is no validation')
+            print_log(f'VerificationBinDataset: {missing} not found: skipped; {left}',
+                      logger='current', level=logging.WARNING)
 
     @property
     def metainfo(self) -> dict:
-        return dict(set_names=tuple(self.set_names))
+        return dict(set_names=tuple(self.set_names), missing_sets=tuple(self.missing_sets))
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __getitem__(self, index: int) -> dict:
         name, i, buf = self._items[index]
-        img = binfile.decode_image(buf, self.image_size)
+        try:
+            img = binfile.decode_image(buf, self.image_size)
+        except binfile.BinFormatError as error:
+            path = self.paths[name]
+            raise binfile.BinFormatError(
+                f'{path}: image {i} (pair {i // 2}): {error}. Check every image with: python '
+                f'tools/face/make_pairs_bin.py --check {path}') from None
         return self.prepare(dict(img=img, set_name=name, sample_idx=i,
                                  issame=bool(self.issame[name][i // 2])))

@@ -60,7 +60,8 @@ class MobileFaceNet(BaseModule):
         num_features (int): Embedding size. Default: 512.
         blocks (Sequence[int]): Residual bottlenecks of stages 0-3. Default: (1, 4, 6, 2)
             (arcface_torch's mbf; mbf_large is (2, 8, 12, 4) with scale=4).
-        scale (int): Width multiplier; C = 64*scale. Default: 2.
+        scale (float): Width multiplier; C = 64*scale must be a whole number (0.5 gives the
+            32-channel net of the CPU demo). Default: 2.
         inner_channels (Sequence[int]): Expansion widths of stages 0-3 (stage 0 only when
             ``blocks[0] > 1``). Default: (128, 128, 256, 256) as arcface_torch.
         down_channels (Sequence[int]): Expansion widths of the stride-2 bottlenecks opening
@@ -77,7 +78,7 @@ class MobileFaceNet(BaseModule):
     """
 
     def __init__(self, num_features: int = 512, blocks: Sequence[int] = (1, 4, 6, 2),
-                 scale: int = 2, inner_channels: Sequence[int] = (128, 128, 256, 256),
+                 scale: float = 2, inner_channels: Sequence[int] = (128, 128, 256, 256),
                  down_channels: Sequence[int] = (128, 256, 512), sep_channels: int = 512,
                  input_size: int = 112, conv_cfg: Optional[dict] = None,
                  drconv: Optional[dict] = None, stage_with_drconv: Optional[Sequence[bool]] = None,
@@ -91,6 +92,10 @@ class MobileFaceNet(BaseModule):
         self.input_size = input_size
         cfgs = stage_conv_cfgs(4, conv_cfg, drconv, stage_with_drconv)
         c = 64 * scale
+        if c <= 0 or c != int(c):
+            raise ValueError(f'MobileFaceNet: 64 * scale must be a positive whole number of '
+                             f'channels, got scale={scale}')
+        c = int(c)
         widths = (c, c, 2 * c, 2 * c)
         self.stem = ConvBlock(3, c, 3, 2, 1, conv_cfg=conv_cfg)
         if blocks[0] == 1:

@@ -146,3 +146,157 @@ def test_onnx_export_matches_pytorch(tmp_path):
     session = ort.InferenceSession(str(tmp_path / 'm.onnx'))
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert abs(got - want).max() < 1e-4
+
+
+def trained(layer: DRConv2d, seed: int = 0) -> DRConv2d:
+    """``layer`` with its generator's parameters non-zero, as after training."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.filter_generator.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return layer
+
+
+@pytest.mark.parametrize('generator', ['paper', 'bases'])
+def test_unbatched_input_as_conv(generator):
+    layer = trained(DRConv2d(4, 6, 3, padding=1, region_num=3, filter_generator=generator))
+    x = torch.randn(4, 9, 7)
+    out = layer(x)
+    assert out.shape == nn.Conv2d(4, 6, 3, padding=1)(x).shape == (6, 9, 7)
+    torch.testing.assert_close(out, layer(x[None])[0])
+    with pytest.raises(ValueError, match=r'got shape \(2, 2, 4, 9, 7\)'):
+        layer(x.expand(2, 2, 4, 9, 7))
+
+
+@pytest.mark.parametrize('generator', ['paper', 'bases'])
+def test_empty_batch_as_conv(generator):
+    """RoI heads see empty batches: the output is empty, as conv's, and every parameter gets
+    a (zero) gradient."""
+    layer = trained(DRConv2d(4, 6, 3, stride=2, padding=1, region_num=3,
+                             filter_generator=generator))
+    x = torch.randn(0, 4, 9, 7, requires_grad=True)
+    out = layer(x)
+    assert out.shape == nn.Conv2d(4, 6, 3, 2, 1)(x).shape == (0, 6, 5, 4)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and not p.grad.any(), name
+
+
+@pytest.mark.parametrize('generator', ['paper', 'bases'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_layer_equals_its_materialised_filters(generator, dtype):
+    """On the CPU kernels (float32: the filters formed in the kernel, the bias added as the
+    output is written) and on the PyTorch path (float64) alike."""
+    layer = trained(DRConv2d(5, 7, 3, padding=1, region_num=6, filter_generator=generator,
+                             num_bases=2 if generator == 'bases' else None)).to(dtype)
+    x = torch.randn(2, 5, 8, 6, dtype=dtype, requires_grad=True)
+    out = layer(x)
+    grad_out = torch.randn(out.shape, dtype=dtype)
+    out.backward(grad_out)
+    got = [x.grad] + [p.grad for p in layer.parameters()]
+    x.grad = None
+    layer.zero_grad()
+    filters = layer.region_filters(x)
+    want = region_conv_dense(x, filters, layer.guide_conv(x), padding=1)
+    want = want + layer.bias.view(1, -1, 1, 1)
+    want.backward(grad_out)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, want, **tol)
+    for g, p in zip(got, [x] + list(layer.parameters())):
+        torch.testing.assert_close(g, p.grad, **tol)
+
+
+def test_paper_generator_version_1_checkpoint_loads():
+    """Version 1 stored the projection as (m, C_out, C_in, m) and had no bias: it loads, the
+    projection transposed and a zero bias, and the layer computes what it did."""
+    layer = trained(DRConv2d(3, 4, 3, padding=1, region_num=2))
+    with torch.no_grad():
+        layer.filter_generator.bias.zero_()
+    state = layer.state_dict()
+    state['filter_generator.projection'] = state['filter_generator.projection'].permute(
+        0, 2, 3, 1).contiguous()
+    del state['filter_generator.bias']
+    state._metadata['filter_generator'] = dict(version=1)
+    fresh = DRConv2d(3, 4, 3, padding=1, region_num=2)
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(fresh(x), layer(x))
+
+
+class AllRegionsDRConv(nn.Module):
+    """DRConv as the public all-regions implementations build it (written here for the
+    comparison): pool to k x k -> 1x1 conv C_in -> m*m -> sigmoid -> grouped 1x1 conv with
+    bias giving every region's full filter, every region's conv, then the argmax region's output
+    with the softmax straight-through guide gradient. No static weight, no output bias."""
+
+    def __init__(self, c_in, c_out, k, m):
+        super().__init__()
+        self.m, self.k = m, k
+        self.kernels = nn.Sequential(nn.AdaptiveAvgPool2d(k), nn.Conv2d(c_in, m * m, 1),
+                                     nn.Sigmoid(), nn.Conv2d(m * m, m * c_out * c_in, 1, groups=m))
+        self.guide = nn.Conv2d(c_in, m, k, padding=k // 2)
+
+    def forward(self, x):
+        b, c_in = x.shape[:2]
+        filters = self.kernels(x).view(-1, c_in, self.k, self.k)  # (B * m * C_out, C_in, k, k)
+        out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), filters, padding=self.k // 2, groups=b)
+        out = out.view(b, self.m, -1, *out.shape[2:])
+        guide = self.guide(x)
+        mask = F.one_hot(guide.argmax(1), self.m).permute(0, 3, 1, 2).to(x.dtype)
+        q = torch.softmax(guide, 1)
+        return (out * (mask + q - q.detach()).unsqueeze(2)).sum(1)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_paper_generator_expresses_the_all_regions_module(dtype):
+    """Its parameters copied in (static weight zero, no output bias), DRConv2d with the paper
+    generator gives the same output and gradients (float64: the PyTorch path; float32: the
+    CPU kernels where they run)."""
+    torch.manual_seed(3)
+    c_in, c_out, k, m = 4, 5, 3, 3
+    ref = AllRegionsDRConv(c_in, c_out, k, m).to(dtype)
+    layer = DRConv2d(c_in, c_out, k, padding=1, region_num=m, bias=False).to(dtype)
+    gen = layer.filter_generator
+    with torch.no_grad():
+        layer.weight.zero_()
+        gen.squeeze.load_state_dict(ref.kernels[1].state_dict())
+        grouped = ref.kernels[3]
+        gen.projection.copy_(grouped.weight.view(m, c_out, c_in, m).permute(0, 3, 1, 2))
+        gen.bias.copy_(grouped.bias.view(m, c_out, c_in))
+        layer.guide_conv.load_state_dict(ref.guide.state_dict())
+    x = torch.randn(2, c_in, 7, 6, dtype=dtype, requires_grad=True)
+    grad_out = torch.randn(2, c_out, 7, 6, dtype=dtype)
+    out = layer(x)
+    out.backward(grad_out)
+    got = [x.grad, gen.squeeze.weight.grad, gen.projection.grad, gen.bias.grad,
+           layer.guide_conv.weight.grad]
+    x.grad = None
+    want = ref(x)
+    want.backward(grad_out)
+    wants = [x.grad, ref.kernels[1].weight.grad,
+             grouped.weight.grad.view(m, c_out, c_in, m).permute(0, 3, 1, 2),
+             grouped.bias.grad.view(m, c_out, c_in), ref.guide.weight.grad]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, want, **tol)
+    for g, w in zip(got, wants):
+        torch.testing.assert_close(g, w, **tol)
+
+
+@pytest.mark.parametrize('k,stride,padding,dilation', [(3, 1, 1, 1), (1, 1, 0, 1),
+                                                       (3, 2, 2, 2), (1, 2, 1, 1)])
+def test_guide_conv_is_conv(k, stride, padding, dilation):
+    """The guide conv's own CPU forward (one GEMM, shifted sums) and conv's backward."""
+    from drconv.guide_conv import GuideConv
+    guide = GuideConv(5, 4, k, stride, padding, dilation).double()
+    conv = nn.Conv2d(5, 4, k, stride, padding, dilation).double()
+    conv.load_state_dict(guide.state_dict())
+    x = torch.randn(2, 5, 9, 11, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for module in (guide, conv):
+        out = module(x)
+        out.backward(torch.ones_like(out))
+        grads.append([x.grad.clone(), module.weight.grad, module.bias.grad, out])
+        x.grad = None
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -94,3 +94,42 @@ def test_truncated_record_and_idx_past_end(tmp_path):
     with pytest.raises(RecordIOError, match=r'a\.idx: key 1 points at byte offset 4096, past '
                        r'the end of .*a\.rec'):
         rec.read_idx(1)
+
+
+def _face_set(tmp_path, broken_payload=None):
+    """A face record set (3 identities x 2 images); ``broken_payload`` replaces key 3's image."""
+    import cv2
+    img = cv2.imencode('.jpg', np.full((16, 16, 3), 90, np.uint8))[1].tobytes()
+    ids = [[img, img], [img, broken_payload or img], [img, img]]
+    recordio.write_face_records(str(tmp_path), ids)
+    return tmp_path / 'train.idx', tmp_path / 'train.rec'
+
+
+def test_a_corrupt_image_names_file_key_and_check_command(tmp_path):
+    from plugins.face import MXFaceDataset
+    idx, rec = _face_set(tmp_path, broken_payload=b'\xff\xd8 not a jpeg' * 10)
+    checked, problems = recordio.check_face_records(str(idx), str(rec))
+    offset = recordio.MXIndexedRecordIO(str(idx), str(rec), 'r').idx[4]
+    assert checked == 9 and problems == [
+        f'{rec}: record key 4 at byte offset {offset}: payload of 130 bytes is not an image '
+        '(header id=4)']
+    dataset = MXFaceDataset(str(tmp_path), pipeline=[])
+    assert dataset[2]['gt_label'] == 1
+    with pytest.raises(RecordIOError) as error:
+        dataset[3]
+    assert str(error.value) == (f'{problems[0]}\nCheck every record with: python '
+                                f'tools/face/pack_recordio.py --check {tmp_path}')
+
+
+def test_check_finds_a_bad_magic_number_deep_in_the_file(tmp_path):
+    idx, rec = _face_set(tmp_path)
+    reader = recordio.MXIndexedRecordIO(str(idx), str(rec), 'r')
+    offset = reader.idx[6]
+    reader.close()
+    raw = bytearray(rec.read_bytes())
+    raw[offset:offset + 4] = b'\0\0\0\0'
+    rec.write_bytes(bytes(raw))
+    checked, problems = recordio.check_face_records(str(idx), str(rec))
+    assert checked == 9 and len(problems) == 1
+    assert problems[0].startswith(f'{rec}: bad magic number 0x00000000 at byte offset {offset}')
+    assert problems[0].endswith('(record key 6)')

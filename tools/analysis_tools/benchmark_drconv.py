@@ -146,6 +146,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--json', metavar='PATH', help="also write the results as JSON ('-': "
                         'to stdout instead of the tables)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--summarize', nargs='+', metavar='JSON',
+                        help='print one table of every target over the runs whose --json '
+                        'reports are given (nothing is measured)')
     args = parser.parse_args(argv)
     shapes = args.shapes
     if shapes is None:
@@ -561,8 +564,37 @@ def tables(report: Dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
+def summary(reports: List[Dict[str, Any]]) -> str:
+    """One markdown table: each target checked in any of ``reports`` (one per run), its value
+    in each run and whether it was met in all."""
+    rows: Dict[str, List[Optional[Dict[str, Any]]]] = {}
+    for i, report in enumerate(reports):
+        checked = [(r['label'], r.get('targets', {})) for r in report['layers']]
+        if report.get('model'):
+            checked.append(('Faster R-CNN R50-FPN DRConv c3-c5',
+                            report['model'].get('targets', {})))
+        for label, targets in checked:
+            for name, t in targets.items():
+                rows.setdefault(f'{label}: {name}', [None] * len(reports))[i] = t
+    head = ['target'] + [f'run {i + 1}' for i in range(len(reports))] + ['met in every run']
+    lines = []
+    for name, results in rows.items():
+        cells = [f"{t['value']:.2f}x" + ('' if t['met'] else ' (missed)') if t else 'not run'
+                 for t in results]
+        met = all(t and t['met'] for t in results)
+        lines.append([name] + cells + ['yes' if met else '**no**'])
+    return '\n'.join(table(head, lines))
+
+
 def main(argv=None) -> Dict[str, Any]:
     args = parse_args(argv)
+    if args.summarize:
+        reports = []
+        for path in args.summarize:
+            with open(path) as f:
+                reports.append(json.load(f))
+        print(summary(reports))
+        return {}
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)

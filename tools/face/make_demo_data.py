@@ -131,19 +131,31 @@ def make_pairs(rng, images_per_id, num_pairs):
     return pairs
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('out_dir')
-    parser.add_argument('--train-ids', type=int, default=300, help='training identities')
-    parser.add_argument('--per-id', type=int, default=24, help='images per training identity')
-    parser.add_argument('--val-ids', type=int, default=100, help='held-out identities of the .bin')
-    parser.add_argument('--val-per-id', type=int, default=6)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('out_dir', help='folder to write train.rec, train.idx, property and '
+                        'the .bin to (the demo uses data/face_demo)')
+    parser.add_argument('--train-ids', type=int, default=300,
+                        help='training identities (default: 300)')
+    parser.add_argument('--per-id', type=int, default=24,
+                        help='images per training identity (default: 24)')
+    parser.add_argument('--val-ids', type=int, default=100,
+                        help='held-out identities of the .bin (default: 100)')
+    parser.add_argument('--val-per-id', type=int, default=6,
+                        help='images per held-out identity (default: 6)')
     parser.add_argument('--pairs', type=int, default=300,
-                        help='same pairs (and as many different pairs) in the .bin')
-    parser.add_argument('--bin-name', default='synth')
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
+                        help='same pairs, and as many different pairs, in the .bin '
+                        '(default: 300)')
+    parser.add_argument('--bin-name', default='synth',
+                        help='the .bin is OUT_DIR/<bin-name>.bin (default: synth)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of identities, views and pairs (default: 0)')
+    return parser
 
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     start = time.time()
     rng = np.random.default_rng(args.seed)
     identities = [random_identity(rng) for _ in range(args.train_ids + args.val_ids)]

@@ -1,12 +1,17 @@
-"""Builds an insightface ``.bin`` verification set from image folders (one per identity).
+"""Builds an insightface ``.bin`` verification set from image folders, or checks one.
 
 ::
 
     python tools/face/make_pairs_bin.py IMAGES_DIR OUT.bin --same 3000 --diff 3000 [--seed 0]
+    python tools/face/make_pairs_bin.py --check lfw.bin
 
 Draws ``--same`` pairs of two images of one identity and ``--diff`` pairs of two identities,
 interleaved same/different as LFW's folds mix them, and writes ``(images, issame)`` pickled as
 insightface's .bin (images JPEG-encoded, resized to ``--size`` when they differ).
+
+``--check`` loads a ``.bin`` (without running code from it) and decodes every image, which
+evaluation otherwise meets one at a time; it lists the broken images (file, index, pair) and
+exits with status 1 when there is one.
 """
 import argparse
 import os.path as osp
@@ -19,7 +24,7 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from drconv.face import save_bin  # noqa: E402
+from drconv.face import BinFormatError, check_bin, save_bin  # noqa: E402
 from tools.face.pack_recordio import list_identities  # noqa: E402
 
 
@@ -45,17 +50,52 @@ def draw_pairs(identities, num_same, num_diff, rng):
     return pairs
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('images_dir', nargs='?',
+                        help='folder of identity folders (<identity>/<image>.jpg)')
+    parser.add_argument('out', nargs='?', help='the .bin file to write')
+    parser.add_argument('--same', type=int, default=3000,
+                        help='number of same-identity pairs (default: 3000, as LFW)')
+    parser.add_argument('--diff', type=int, default=3000,
+                        help='number of different-identity pairs (default: 3000, as LFW)')
+    parser.add_argument('--size', type=int, default=112,
+                        help='side of the square images written (default: 112)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the pair drawing (default: 0)')
+    parser.add_argument('--check', metavar='BIN', default=None,
+                        help='instead of writing, load BIN and decode every image '
+                        '(default: off)')
+    return parser
+
+
+def check(path: str) -> None:
+    """Decodes every image of the .bin ``path``; exits with status 1 listing the broken ones."""
+    try:
+        problems = check_bin(path)
+    except (OSError, BinFormatError) as error:
+        sys.exit(f'error: {error}')
+    if problems:
+        sys.exit('error: images that do not decode:\n  ' + '\n  '.join(problems))
+    print(f'{path}: every image decodes')
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('images_dir')
-    parser.add_argument('out')
-    parser.add_argument('--same', type=int, default=3000, help='number of same-identity pairs')
-    parser.add_argument('--diff', type=int, default=3000, help='number of different pairs')
-    parser.add_argument('--size', type=int, default=112)
-    parser.add_argument('--seed', type=int, default=0)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.check is not None:
+        if args.images_dir is not None:
+            parser.error('--check BIN takes no IMAGES_DIR/OUT')
+        return check(args.check)
+    if args.out is None:
+        parser.error('writing needs IMAGES_DIR and OUT (or --check BIN)')
     rng = np.random.default_rng(args.seed)
-    pairs = draw_pairs(list_identities(args.images_dir), args.same, args.diff, rng)
+    try:
+        identities = list_identities(args.images_dir)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    pairs = draw_pairs(identities, args.same, args.diff, rng)
     images, issame = [], []
     for a, b, same in pairs:
         for path in (a, b):

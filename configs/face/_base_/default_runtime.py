@@ -6,7 +6,11 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    # also the best checkpoint of each validation set (best_lfw_accuracy_epoch_N.pth, ...);
+    # VerificationCheckpointHook: a CheckpointHook whose save_best may name missing sets
+    checkpoint=dict(type='VerificationCheckpointHook', interval=1, max_keep_ckpts=3,
+                    save_best=['lfw/accuracy', 'cfp_fp/accuracy', 'agedb_30/accuracy'],
+                    rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 # refuse to train when a label of the data is >= model.head.num_classes
 custom_hooks = [dict(type='FaceLabelRangeHook')]
