@@ -1,7 +1,8 @@
 """``DRConv2d``: a drop-in for nn.Conv2d with region-aware dynamic filters."""
+import contextlib
+import hashlib
 import inspect
-
-from typing import Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,26 @@ def _exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
+@contextlib.contextmanager
+def _own_random_stream(devices: Iterable[torch.device]) -> Iterator[None]:
+    """Random draws inside the block come from a stream of their own.
+
+    The stream is seeded from a hash of the global generators' states (CPU, and CUDA where
+    ``devices`` has CUDA devices), which are restored on exit: the block is reproducible under
+    ``torch.manual_seed`` and leaves the global stream where it found it.
+    """
+    cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
+                   for d in map(torch.device, devices) if d.type == 'cuda'})
+    states = [torch.get_rng_state()] + [torch.cuda.get_rng_state(i) for i in cuda]
+    digest = hashlib.sha256(b''.join(s.numpy().tobytes() for s in states)).digest()
+    seed = int.from_bytes(digest[:8], 'little')
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for i in cuda:
+            torch.cuda.default_generators[i].manual_seed(seed)
+        yield
+
+
 class DRConv2d(nn.Conv2d):
     """Dynamic region-aware convolution (Chen et al., CVPR 2021), shaped like nn.Conv2d.
 
@@ -30,8 +51,14 @@ class DRConv2d(nn.Conv2d):
 
     ``weight`` and ``bias`` are a standard conv's, so standard checkpoints load into them
     (``strict=False``: the guide and generator keys are new). The generated ``delta`` starts at
-    zero: a fresh layer, or one after :meth:`init_weights`, computes
+    zero: a fresh layer, or one after :meth:`reset_filter_generator`, computes
     ``F.conv2d(x, weight, bias, stride, padding, dilation)``.
+
+    It initialises like nn.Conv2d wherever it sits: it has no ``init_weights`` (so mmcv's
+    ConvModule gives ``weight`` its Kaiming init, as to a Conv2d), and the guide conv and the
+    filter generator draw their random numbers from a stream of their own, when built and when
+    an initialiser reaches them through :meth:`apply` (mmengine's ``init_cfg``). A model with
+    DRConv layers therefore gets, under the same seed, the very weights of its Conv2d baseline.
 
     Args:
         in_channels (int): C_in.
@@ -96,30 +123,57 @@ class DRConv2d(nn.Conv2d):
         self.filter_generator_type = filter_generator
         self.guide_grad = guide_grad
         factory = dict(device=device, dtype=dtype)
-        self.guide_conv = GuideConv(in_channels, region_num, kernel_size, stride, padding,
-                                    dilation, **factory)
-        if filter_generator == 'paper':
-            generator = PaperFilterGenerator(in_channels, out_channels, kernel_size, region_num)
-        else:
-            generator = BasesFilterGenerator(in_channels, out_channels, kernel_size, region_num,
-                                             num_bases)
-        self.filter_generator = generator.to(**factory)
+        with _own_random_stream([self.weight.device]):
+            self.guide_conv = GuideConv(in_channels, region_num, kernel_size, stride, padding,
+                                        dilation, **factory)
+            if filter_generator == 'paper':
+                generator = PaperFilterGenerator(in_channels, out_channels, kernel_size,
+                                                 region_num)
+            else:
+                generator = BasesFilterGenerator(in_channels, out_channels, kernel_size,
+                                                 region_num, num_bases)
+            self.filter_generator = generator.to(**factory)
 
-    def init_weights(self) -> None:
+    def reset_filter_generator(self) -> None:
         """Zero the generated change, leaving ``weight``, ``bias`` and the guide as they are.
 
-        Afterwards every region's filter equals ``weight``. mmengine calls this after a parent's
-        ``init_cfg`` (e.g. Kaiming on 'Conv2d') has set ``weight``, which it keeps.
+        Afterwards every region's filter equals ``weight``.
         """
         self.filter_generator.reset_parameters()
+
+    def apply(self, fn: Callable[[nn.Module], None]) -> 'DRConv2d':
+        """``fn`` on every submodule, then on this layer, as nn.Module.apply.
+
+        The guide conv and the filter generator draw from their own random stream meanwhile,
+        so an initialiser that reaches them (mmengine's ``init_cfg``, e.g. Kaiming on 'Conv2d')
+        draws for ``weight`` and for every later layer what it draws in the Conv2d model.
+        """
+        with _own_random_stream({p.device for p in self.parameters()}):
+            for child in self.children():
+                child.apply(fn)
+        fn(self)
+        return self
 
     def region_filters(self, x: Tensor) -> Tensor:
         """Each sample's region filters, materialised: x (B, C_in, H, W) ->
         (B, m, C_out, C_in, kh, kw)."""
         return self.filter_generator(x, self.weight).materialize()
 
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias) -> Tensor:
+        """Refuses the static-conv call through which conv-BN fusion runs a conv."""
+        raise RuntimeError(
+            "DRConv2d cannot be fused with the BatchNorm after it (mmcv ConvModule's "
+            "efficient_conv_bn_eval=True, mmengine's efficient_conv_bn_eval): its filters "
+            'differ per sample and region, and a static conv with the folded weights would '
+            'compute another result. Turn efficient_conv_bn_eval off where DRConv is used.')
+
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C_in, H, W) -> (B, C_out, H_out, W_out); x (C_in, H, W) -> (C_out, H_out, W_out)."""
+        if isinstance(x, torch.fx.Proxy):
+            raise RuntimeError(
+                'DRConv2d cannot be traced by torch.fx.symbolic_trace (its regions depend on '
+                "the input's values); mmengine's efficient_conv_bn_eval traces the modules it "
+                'names: leave the modules that hold DRConv out of its list.')
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if x.dim() != 4:

@@ -2,6 +2,7 @@
 
 Without a GPU, Triton kernels run in Triton's CPU interpreter. ``tool`` imports a script of
 ``tools/`` (not a package) as a module, e.g. ``tool('train')``, ``tool('analysis_tools/get_flops')``.
+``malicious_checkpoint`` is a checkpoint that runs code when unpickled without weights_only.
 """
 import importlib.util
 import os
@@ -29,3 +30,30 @@ def load_tool(name: str):
 def tool():
     """``tool(name)`` imports ``tools/<name>.py``."""
     return load_tool
+
+
+class _CreatesFile:
+    """Unpickles by calling ``exec``: creates ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return exec, (f'open({self.path!r}, "w").close()', )
+
+
+@pytest.fixture
+def malicious_checkpoint(tmp_path, monkeypatch):
+    """(checkpoint path, marker path): loading the checkpoint unsafely creates the marker.
+
+    Shown live: a ``weights_only=False`` load here does create the marker (removed again).
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is unset meanwhile, as on a user's machine.
+    """
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+    marker = tmp_path / 'code_ran'
+    path = str(tmp_path / 'malicious.pth')
+    torch.save(dict(state_dict={}, meta=dict(note=_CreatesFile(str(marker)))), path)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    return path, marker

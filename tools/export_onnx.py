@@ -20,14 +20,13 @@ real aligned face shipped in insightface's package, alone and batched with its m
 """
 import argparse
 import copy
-import os
 import os.path as osp
 import sys
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -16,8 +16,7 @@ import sys
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-# torch >= 2.6 loads with weights_only=True, which rejects the objects in mmengine checkpoints.
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.evaluator import DumpResults  # noqa: E402
@@ -25,6 +24,7 @@ from mmengine.registry import HOOKS, RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from plugins.det.data_check import check_data_paths  # noqa: E402
+from plugins.registered_types import check_registered_types  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,8 +83,9 @@ def main(argv=None) -> None:
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint {args.checkpoint!r} does not exist')
     try:
+        check_registered_types(cfg)
         check_data_paths(cfg, ['test_dataloader'])
-    except FileNotFoundError as error:
+    except (ValueError, FileNotFoundError) as error:
         sys.exit(f'error: {error}')
     if args.show_dir:
         enable_show_dir(cfg, args.show_dir)

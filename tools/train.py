@@ -4,12 +4,13 @@ One entry point for every task (detection, segmentation, face recognition)::
 
     python tools/train.py configs/det/faster-rcnn_r50-drconv-c3-c5_fpn_1x_coco.py
     python tools/train.py CONFIG --resume                # resume from work_dir's last checkpoint
-    bash tools/dist_train.sh CONFIG 8                    # 8 GPUs through torchrun
+    bash tools/dist_train.sh CONFIG 8                    # 8 GPUs (or CPU processes) via torchrun
 
 Configs load the toolkit's registrations with ``custom_imports = dict(imports=['plugins'])``;
 this script puts the repository root on ``sys.path`` so that import works from anywhere.
 """
 import argparse
+import logging
 import os
 import os.path as osp
 import sys
@@ -17,15 +18,16 @@ import sys
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-# torch >= 2.6 loads checkpoints with weights_only=True, which rejects the mmengine objects
-# (message hub, history buffers) that every mmengine checkpoint holds; resume needs them.
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.runner import Runner, find_latest_checkpoint  # noqa: E402
 
 from plugins.det.data_check import check_data_paths  # noqa: E402
+from plugins.distributed import prepare_distributed  # noqa: E402
+from plugins.registered_types import check_registered_types  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,8 +66,11 @@ def load_config(args: argparse.Namespace) -> Config:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.resume == 'auto':
-        cfg.resume = True
+        cfg.resume = find_latest_checkpoint(cfg.work_dir) is not None
         cfg.load_from = None
+        if not cfg.resume:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir} (no last_checkpoint file); '
+                      'starting from scratch', logger='current', level=logging.WARNING)
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
@@ -86,8 +91,10 @@ def main(argv=None) -> None:
     if cfg.get('val_cfg'):
         loaders.append('val_dataloader')
     try:
+        check_registered_types(cfg)
         check_data_paths(cfg, loaders)
-    except FileNotFoundError as error:
+        prepare_distributed(cfg, args.launcher)
+    except (ValueError, FileNotFoundError) as error:
         sys.exit(f'error: {error}')
     build_runner(cfg).train()
 

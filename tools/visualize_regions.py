@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -42,8 +42,8 @@ def init_backbone(model: nn.Module, conv_init) -> None:
     """arcface_torch's init: ``conv_init`` on every conv weight, BN to (1, 0), Linear likewise.
 
     Inside a DRConv2d only its static ``weight`` is initialised; its guide conv and filter
-    generator keep their own init, and ``init_weights`` then zeroes the generated change so the
-    layer starts as the plain conv.
+    generator keep their own init, and ``reset_filter_generator`` then zeroes the generated
+    change so the layer starts as the plain conv.
     """
     inner = set()
     for m in model.modules():
@@ -61,4 +61,4 @@ def init_backbone(model: nn.Module, conv_init) -> None:
             nn.init.zeros_(m.bias)
     for m in model.modules():
         if isinstance(m, DRConv2d):
-            m.init_weights()
+            m.reset_filter_generator()

@@ -20,14 +20,14 @@ def test_fresh_layer_equals_its_static_conv(generator, kw):
 
 
 @pytest.mark.parametrize('generator', ['paper', 'bases'])
-def test_init_weights_restores_static_conv_and_keeps_weight(generator):
+def test_reset_filter_generator_restores_static_conv_and_keeps_weight(generator):
     layer = DRConv2d(4, 4, 3, padding=1, region_num=3, filter_generator=generator)
     for p in layer.filter_generator.parameters():
         nn.init.normal_(p)
     x = torch.randn(2, 4, 7, 7)
     weight = layer.weight.detach().clone()
     assert not torch.allclose(layer(x), F.conv2d(x, weight, layer.bias, padding=1))
-    layer.init_weights()
+    layer.reset_filter_generator()
     assert torch.equal(layer.weight, weight)
     torch.testing.assert_close(layer(x), F.conv2d(x, weight, layer.bias, padding=1),
                                rtol=1e-5, atol=1e-5)

@@ -14,7 +14,6 @@ for FAR=1e-3 (fewer than 1000 impostor pairs in the folds that pick the threshol
 the TAR at FAR 0). ``--min-accuracy`` makes it exit with status 1 when a set scores below it.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import time
@@ -22,7 +21,7 @@ import time
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402

@@ -60,6 +60,7 @@ param_scheduler = [
 optim_wrapper = dict(optimizer=dict(lr=0.02))
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=max_iters))
+    # every 50 iterations, so that an interrupted run resumes (--resume); the last 2 kept
+    checkpoint=dict(by_epoch=False, interval=50, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)

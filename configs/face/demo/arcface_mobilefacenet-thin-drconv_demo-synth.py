@@ -47,7 +47,8 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1,
+    # every 40 iterations, so that an interrupted run resumes (--resume); the last 2 kept
+    checkpoint=dict(by_epoch=False, interval=40, max_keep_ckpts=2,
                     save_best=['synth/accuracy']))
 log_processor = dict(by_epoch=False)
 env_cfg = dict(cudnn_benchmark=False)

@@ -42,4 +42,5 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(interval=max_iters))
+    # every 50 iterations, so that an interrupted run resumes (--resume); the last 2 kept
+    checkpoint=dict(interval=50, max_keep_ckpts=2))
