@@ -104,6 +104,22 @@ def test_conv_module_starts_as_with_conv2d(kwargs):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('shape', [(0, 6, 9, 7), (6, 9, 7)], ids=['empty batch', 'unbatched'])
+def test_conv_module_empty_and_unbatched_input_as_with_conv2d(shape):
+    """ConvModule (conv, BN in eval, ReLU) on an empty batch (as RoI heads see) and on an
+    unbatched (C, H, W) input: the shape Conv2d gives, and a backward that works."""
+    plain, dynamic, _ = build_pair(conv_module, norm_cfg=dict(type='BN'))
+    x = torch.randn(*shape, requires_grad=True)
+    plain.eval()
+    dynamic.eval()
+    if len(shape) == 3:  # BatchNorm2d needs a batch: the conv alone
+        plain, dynamic = plain.conv, dynamic.conv
+    out = dynamic(x)
+    assert out.shape == plain(x).shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 def test_inplace_activation_after_drconv():
     """ConvModule's default in-place ReLU right after a bias-free DRConv, as after Conv2d."""
     module = ConvModule(6, 8, 3, padding=1, conv_cfg=DRCONV, bias=False)
