@@ -1,26 +1,21 @@
-"""Fused AVX-512 CPU kernels of :func:`drconv.region_conv` (float32), used automatically.
+"""Fused CPU kernels of :func:`drconv.region_conv` and :func:`drconv.region_conv_factored`
+(float32, AVX-512 or AVX2 with FMA), used automatically.
 
-``csrc/region_conv_avx512.cpp`` holds the forward, the input and filter gradients and every
-region's scores (what the exact guide gradient is made of), each reading the sorted pixels'
-k x k patches straight from the channels-last tensors while it multiplies (no im2col buffer,
-no padded copy, no zeroed filter gradient): the forward per (sample, region) group and 64
-output channels, the filter gradient per group, the input gradient per sample and 32 input
-channels (so no two threads add to one element), the scores per sample and region (as each
-pixel's patch gradient for that region times its patch when K <= C_out, x's gradient coming
-with them for 1x1 kernels; else as its response times its output gradient). On the target
-layer (8 x 128 x 32 x 32, m = 8, 3x3, 2 threads) the forward's products ran at 84 GMAC/s
-against 85 for ``F.conv2d`` of the same shape, the input and filter gradients at 67 and
-45 GMAC/s (18 and 27 ms, against 61 ms for both through the PyTorch path; the filter
-gradient's time includes the page faults of its fresh 38 MB), the scores in 91 ms against
-106 ms through oneDNN's GEMMs and the PyTorch path's gathers; at the 1x1 target the scores took
-14.8 ms against 16.5.
+``csrc/region_conv_simd.cpp`` holds the forward, the input gradient, the filter gradient
+(per group for explicit filters; reduced into each factor's gradient for factored ones) and
+every region's scores (what the exact guide gradient is made of), each reading the sorted
+pixels' k x k patches straight from the channels-last tensors while it multiplies (no im2col
+buffer, no padded copy). A group's filters come from a :class:`FilterSource`: explicit filters
+of any strides, or :class:`drconv.Factors`, formed where the kernel packs them. See
+docs/op_design.md for the work items and tiles.
 
-It is plain C++ (no torch headers), compiled on first use with the system's C++ compiler
-(``CXX``, default ``c++``; about two seconds) into a cache folder (``DRCONV_CACHE_DIR``, default
-``$XDG_CACHE_HOME/drconv`` or ``~/.cache/drconv``) under a hash of its source and command, and
-loaded with ctypes. Its OpenMP is the libgomp torch has loaded, so it runs on torch's threads
-(``torch.get_num_threads()``). Where it cannot run (no AVX-512, not float32, not CPU) or cannot
-be built (a warning says why, once), or with ``DRCONV_CPU_KERNEL=0``, the PyTorch path runs.
+It is plain C++ (no torch headers), compiled on first use for the CPU's vector instructions
+(AVX-512, else AVX2 with FMA) with the system's C++ compiler (``CXX``, default ``c++``; about
+two seconds) into a cache folder (``DRCONV_CACHE_DIR``, default ``$XDG_CACHE_HOME/drconv`` or
+``~/.cache/drconv``) under a hash of its source and command, and loaded with ctypes. Its OpenMP
+is the libgomp torch has loaded, so it runs on torch's threads (``torch.get_num_threads()``).
+Where it cannot run (neither instruction set, not float32, not CPU) or cannot be built (a
+warning says why, once), or with ``DRCONV_CPU_KERNEL=0``, the PyTorch path runs.
 """
 import ctypes
 import functools
