@@ -37,8 +37,8 @@ def build_backbone(config, checkpoint=None, cfg_options=None) -> torch.nn.Module
         cfg.merge_from_dict(cfg_options)
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope(cfg.get('default_scope', 'plugins'))
-    from plugins.registry import MODELS
+    init_default_scope(cfg.get('default_scope', 'drconv_mm'))
+    from drconv_mm.registry import MODELS
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)

@@ -24,7 +24,7 @@ from mmengine.evaluator import DumpResults  # noqa: E402
 from mmengine.registry import HOOKS, RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from plugins.det.data_check import check_data_paths  # noqa: E402
+from drconv_mm.det.data_check import check_data_paths  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

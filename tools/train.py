@@ -6,7 +6,7 @@ One entry point for every task (detection, segmentation, face recognition)::
     python tools/train.py CONFIG --resume                # resume from work_dir's last checkpoint
     bash tools/dist_train.sh CONFIG 8                    # 8 GPUs through torchrun
 
-Configs load the toolkit's registrations with ``custom_imports = dict(imports=['plugins'])``;
+Configs load the toolkit's registrations with ``custom_imports = dict(imports=['drconv_mm'])``;
 this script puts the repository root on ``sys.path`` so that import works from anywhere.
 """
 import argparse
@@ -25,7 +25,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from plugins.det.data_check import check_data_paths  # noqa: E402
+from drconv_mm.det.data_check import check_data_paths  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

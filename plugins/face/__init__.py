@@ -1,5 +1,5 @@
 """Face recognition on mmengine: registers the recognizer, backbones, head, datasets,
-transforms, metric and hook of the ``plugins`` scope (``default_scope = 'plugins'``)."""
+transforms, metric and hook of the ``drconv_mm`` scope (``default_scope = 'drconv_mm'``)."""
 from .arcface_head import ArcFaceHead, combined_margin_logits
 from .datasets import ImageFolderFaceDataset, MXFaceDataset, VerificationBinDataset
 from .hooks import FaceLabelRangeHook, check_label_range

@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from drconv import DRConv2d
-from plugins.analysis import models
-from plugins.analysis.seed_statistics import mean_std, paired_difference
+from drconv_mm.analysis import models
+from drconv_mm.analysis.seed_statistics import mean_std, paired_difference
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 FACE_CONFIG = osp.join(REPO, 'configs', 'face', 'demo',

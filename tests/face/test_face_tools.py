@@ -92,7 +92,7 @@ def test_export_onnx_onnxruntime_and_insightface(tmp_path):
 def test_pack_recordio_and_make_pairs_bin_from_folders(tmp_path):
     import cv2
     from drconv.face import load_bin
-    from plugins.face import ImageFolderFaceDataset, MXFaceDataset
+    from drconv_mm.face import ImageFolderFaceDataset, MXFaceDataset
     rng = np.random.default_rng(0)
     for ident in ('alice', 'bob', 'carol'):
         (tmp_path / 'imgs' / ident).mkdir(parents=True)

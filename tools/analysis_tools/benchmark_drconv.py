@@ -336,7 +336,7 @@ def check_targets(r: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]
 def config_layer_shapes(config: str, image_shape: Sequence[int],
                         batch: int) -> List[Tuple[LayerShape, List[str]]]:
     """Distinct DRConv2d layer shapes a config's model runs at this input, with layer names."""
-    from plugins.analysis import models
+    from drconv_mm.analysis import models
     model = models.build_model(models.load_config(config))
     data = models.preprocess(model, models.fake_batch(model, batch, image_shape))
     shapes: Dict[LayerShape, List[str]] = {}
@@ -356,7 +356,7 @@ def config_layer_shapes(config: str, image_shape: Sequence[int],
 def benchmark_training_step(args: argparse.Namespace) -> Dict[str, Any]:
     """Median seconds of ``model.train_step`` for the e2e config and its baseline."""
     from mmengine.optim import OptimWrapper
-    from plugins.analysis import models
+    from drconv_mm.analysis import models
     cfg = models.load_config(args.e2e_config)
     built = {'drconv': models.build_model(cfg)}
     if args.e2e_base_config:

@@ -45,13 +45,13 @@ from mmengine.analysis.print_helper import _format_size  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import DATASETS, init_default_scope  # noqa: E402
 
-from plugins.analysis import models  # noqa: E402
-from plugins.analysis.counting import copy_shared_weights, count  # noqa: E402
-from plugins.analysis.seed_statistics import mean_std, paired_difference  # noqa: E402
-from plugins.det.data_check import check_data_paths  # noqa: E402
+from drconv_mm.analysis import models  # noqa: E402
+from drconv_mm.analysis.counting import copy_shared_weights, count  # noqa: E402
+from drconv_mm.analysis.seed_statistics import mean_std, paired_difference  # noqa: E402
+from drconv_mm.det.data_check import check_data_paths  # noqa: E402
 
 TRAIN_SCRIPT = osp.join(REPO_ROOT, 'tools', 'train.py')
-GLUE_PACKAGE = 'plugins'
+GLUE_PACKAGE = 'drconv_mm'
 SUMMARY_FILE = 'run_summary.json'
 BASELINE = 'baseline'
 # the metric compared when --metric is not given: the first of these the evaluator reports

@@ -5,7 +5,7 @@
 Counts with mmengine's complexity counter (``mmengine.analysis``, one multiply-add = one FLOP)
 and prints mmdet's/mmseg's ``get_flops.py`` block for the model and for its baseline: the same
 config with every ``type='DRConv'`` entry removed (``backbone.dcn``, ``conv_cfg``, ...), or
-``--base-config``. DRConv2d is counted at its real cost (``plugins.analysis.complexity``): the
+``--base-config``. DRConv2d is counted at its real cost (``drconv_mm.analysis.complexity``): the
 selected filter per pixel (a plain conv's MAdds, not m times), the guide conv, the filter
 generator and the ``weight + delta`` add. The input is one random image (``--batch`` more).
 """
@@ -21,8 +21,8 @@ if REPO_ROOT not in sys.path:
 from mmengine.analysis.print_helper import _format_size  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
-from plugins.analysis import models  # noqa: E402
-from plugins.analysis.counting import DRCONV_PARTS, copy_shared_weights, count  # noqa: E402
+from drconv_mm.analysis import models  # noqa: E402
+from drconv_mm.analysis.counting import DRCONV_PARTS, copy_shared_weights, count  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
