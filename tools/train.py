@@ -6,8 +6,9 @@ One entry point for every task (detection, segmentation, face recognition)::
     python tools/train.py CONFIG --resume                # resume from work_dir's last checkpoint
     bash tools/dist_train.sh CONFIG 8                    # 8 GPUs through torchrun
 
-Configs load the toolkit's registrations with ``custom_imports = dict(imports=['drconv_mm'])``;
-this script puts the repository root on ``sys.path`` so that import works from anywhere.
+Configs load the toolkit's registrations with ``custom_imports = dict(imports=['drconv_mm'])``,
+the glue (the ``plugins/`` folder) as installed with the toolkit (``pip install -e .``, which
+``make venv`` runs); this script puts the repository root on ``sys.path`` for ``drconv``.
 """
 import argparse
 import os

@@ -7,8 +7,8 @@
         [--work-dir DIR] [--metric coco/bbox_mAP] [--cfg-options ...] [--json out.json]
 
 Each arm is trained once per seed (``randomness.seed``) by ``tools/train.py`` (mmengine's
-Runner), one run after the other in this process, and evaluated at the end of training by its config's val
-evaluator. The table gives per arm: the metric's mean +- std over seeds and each seed's value,
+Runner), one run after the other in this process, and evaluated at the end of training by its
+config's val evaluator. The table gives per arm: the metric's mean +- std over seeds and each seed's value,
 the difference to the first arm paired by seed with a Student t confidence interval over the
 seeds, the median seconds of a training iteration (forward, backward, optimizer step; mean over
 seeds), and the parameters and MAdds of the model (the toolkit's counting, DRConv2d at its
@@ -16,7 +16,7 @@ real cost; one image of the val set's first image size, or ``--shape``).
 
 Everything goes under the work dir (default ``work_dirs/compare/<first config>``)::
 
-    <arm>/<arm>.py             the config the arm trains (overrides, seed hook included)
+    <arm>/<arm>.py             the config the arm trains (overrides and summary hook included)
     <arm>/seed<k>/             tools/train.py's work dir of that seed (logs, checkpoints)
     <arm>/seed<k>/run_summary.json    written when the run has finished (RunSummaryHook)
 

@@ -25,7 +25,8 @@ case $TASK in
         WORK_DIR=${WORK_DIR:-work_dirs/compare_det} ;;
     seg)
         $PYTHON tools/make_demo_data.py --task seg
-        ARMS=(configs/seg/demo/deeplabv3_r50-thin-d8-drconv-c3-c5_200i_demo-cityscapes-128x256.py) ;;
+        ARMS=(configs/seg/demo/deeplabv3_r50-thin-d8-drconv-c3-c5_200i_demo-cityscapes-128x256.py)
+        ;;
     face)
         # as tools/demo/face.sh: its data (the generator's defaults), one OpenMP thread
         if [ ! -f data/face_demo/train.rec ] || [ ! -f data/face_demo/synth.bin ]; then
