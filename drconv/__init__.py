@@ -1,7 +1,7 @@
 """DRConv: Dynamic Region-Aware Convolution (Chen et al., CVPR 2021) for PyTorch.
 
 Needs only torch. The op is :func:`region_conv`, the layer :class:`DRConv2d`; the OpenMMLab
-registration lives in the top-level ``plugins`` package.
+registration lives in the glue package ``drconv_mm`` (the ``plugins/`` folder).
 """
 from .drconv2d import DRConv2d
 from .factors import Factors

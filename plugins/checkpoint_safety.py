@@ -6,7 +6,7 @@ objects, in the message hub that ``resume`` restores: numeric numpy arrays and s
 ``HistoryBuffer``s whose state names the buffer's statistics methods (pickled as
 ``getattr(HistoryBuffer, 'mean')``). Importing this module allow-lists exactly those,
 process-wide; ``getattr`` is allowed for those four methods only, not as the builtin. The
-toolkit's tools import it (``plugins`` does too, so configs' ``custom_imports`` bring it) and
+toolkit's tools import it (``drconv_mm`` does too, so configs' ``custom_imports`` bring it) and
 keep weights-only loading on.
 """
 import pickle

@@ -1,8 +1,8 @@
-"""The toolkit's own registry scope, ``plugins`` (named after this package, as OpenMMLab's
+"""The toolkit's own registry scope, ``drconv_mm`` (named after this package, as OpenMMLab's
 scopes are: mmengine imports ``<scope>.registry`` when a config sets ``default_scope``).
 
 Each registry is a child of mmengine's root registry of the same kind, so a config with
-``default_scope = 'plugins'`` finds the toolkit's models, datasets, transforms, metrics and hooks
+``default_scope = 'drconv_mm'`` finds the toolkit's models, datasets, transforms, metrics and hooks
 first and everything else (optimizers, loops, schedulers, visualizers) through the parent.
 """
 from mmengine import registry as root
@@ -10,7 +10,7 @@ from mmengine.registry import Registry
 
 
 def _child(name: str, parent: Registry) -> Registry:
-    return Registry(name, parent=parent, scope='plugins', locations=['plugins'])
+    return Registry(name, parent=parent, scope='drconv_mm', locations=['drconv_mm'])
 
 
 MODELS = _child('model', root.MODELS)

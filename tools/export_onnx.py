@@ -26,7 +26,7 @@ import sys
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
+import drconv_mm.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -51,8 +51,8 @@ def build_backbone(config, checkpoint=None, cfg_options=None) -> torch.nn.Module
         cfg.merge_from_dict(cfg_options)
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope(cfg.get('default_scope', 'plugins'))
-    from plugins.registry import MODELS
+    init_default_scope(cfg.get('default_scope', 'drconv_mm'))
+    from drconv_mm.registry import MODELS
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)

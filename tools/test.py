@@ -16,15 +16,15 @@ import sys
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
+import drconv_mm.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.evaluator import DumpResults  # noqa: E402
 from mmengine.registry import HOOKS, RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from plugins.det.data_check import check_data_paths  # noqa: E402
-from plugins.registered_types import check_registered_types  # noqa: E402
+from drconv_mm.det.data_check import check_data_paths  # noqa: E402
+from drconv_mm.registered_types import check_registered_types  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -6,8 +6,9 @@ One entry point for every task (detection, segmentation, face recognition)::
     python tools/train.py CONFIG --resume                # resume from work_dir's last checkpoint
     bash tools/dist_train.sh CONFIG 8                    # 8 GPUs (or CPU processes) via torchrun
 
-Configs load the toolkit's registrations with ``custom_imports = dict(imports=['plugins'])``;
-this script puts the repository root on ``sys.path`` so that import works from anywhere.
+Configs load the toolkit's registrations with ``custom_imports = dict(imports=['drconv_mm'])``,
+the glue (the ``plugins/`` folder) as installed with the toolkit (``pip install -e .``, which
+``make venv`` runs); this script puts the repository root on ``sys.path`` for ``drconv``.
 """
 import argparse
 import logging
@@ -18,16 +19,16 @@ import sys
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
+import drconv_mm.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner, find_latest_checkpoint  # noqa: E402
 
-from plugins.det.data_check import check_data_paths  # noqa: E402
-from plugins.distributed import prepare_distributed  # noqa: E402
-from plugins.registered_types import check_registered_types  # noqa: E402
+from drconv_mm.det.data_check import check_data_paths  # noqa: E402
+from drconv_mm.distributed import prepare_distributed  # noqa: E402
+from drconv_mm.registered_types import check_registered_types  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

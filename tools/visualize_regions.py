@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
+import drconv_mm.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

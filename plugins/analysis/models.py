@@ -30,7 +30,9 @@ def without_drconv(model_cfg: dict) -> Tuple[dict, int]:
     """The baseline: ``model_cfg`` with each ``dict(type='DRConv', ...)`` value set to None.
 
     ``backbone.dcn``/``drconv`` and ``conv_cfg`` entries then fall back to the plain conv the
-    base config builds. Returns the new config and the number of entries removed.
+    base config builds; the ``stage_with_<key>`` switches next to a removed ``<key>`` (mmdet's
+    ``stage_with_dcn``, the face backbones' ``stage_with_drconv``) are all turned off. Returns
+    the new config and the number of entries removed.
     """
     removed = []
 
@@ -39,6 +41,9 @@ def without_drconv(model_cfg: dict) -> Tuple[dict, int]:
             if isinstance(value, dict) and value.get('type') == 'DRConv':
                 d[key] = None
                 removed.append(key)
+                switches = d.get(f'stage_with_{key}')
+                if isinstance(switches, (list, tuple)):  # an existing key: no resize
+                    d[f'stage_with_{key}'] = type(switches)(False for _ in switches)
         return d
 
     return _map_dicts(copy.deepcopy(dict(model_cfg)), drop), len(removed)

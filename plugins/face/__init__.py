@@ -1,6 +1,6 @@
 """Face recognition on mmengine: registers the recognizer, backbones, head, datasets,
-transforms, metric, hooks and validation loop of the ``plugins`` scope
-(``default_scope = 'plugins'``)."""
+transforms, metric, hooks and validation loop of the ``drconv_mm`` scope
+(``default_scope = 'drconv_mm'``)."""
 from .arcface_head import ArcFaceHead, combined_margin_logits
 from .datasets import ImageFolderFaceDataset, MXFaceDataset, VerificationBinDataset
 from .hooks import FaceLabelRangeHook, check_label_range

@@ -6,7 +6,7 @@ import torch
 from mmengine.analysis import FlopAnalyzer, get_model_complexity_info
 from torch import nn
 
-import plugins.analysis  # noqa: F401  installs DRConv2d's pricing
+import drconv_mm.analysis  # noqa: F401  installs DRConv2d's pricing
 from drconv import DRConv2d
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -83,7 +83,7 @@ def test_tiny_model_minus_baseline_is_guide_generator_and_add():
 
 
 def test_get_flops_on_a_config_counts_every_layer(tool):
-    from plugins.analysis import models
+    from drconv_mm.analysis import models
     get_flops = tool('analysis_tools/get_flops')
     result = get_flops.complexity_of_config(DEMO_CONFIG, (64, 64))
     model, base = result['model'], result['baseline']

@@ -12,7 +12,7 @@ from mmengine.model.efficient_conv_bn_eval import turn_on_efficient_conv_bn_eval
 from mmengine.registry import MODELS, init_default_scope
 from torch import nn
 
-import plugins  # noqa: F401  registers 'DRConv'
+import drconv_mm  # noqa: F401  registers 'DRConv'
 from drconv import DRConv2d
 
 DRCONV = dict(type='DRConv', region_num=4)
@@ -161,7 +161,7 @@ def test_parent_init_cfg_reaches_drconv_as_conv2d():
 def build_in_scope(scope: str, cfg: dict) -> nn.Module:
     """Builds ``cfg`` from ``scope``'s registry and runs its init_weights()."""
     init_default_scope(scope)
-    registry = MODELS if scope == 'plugins' else __import__(f'{scope}.registry').registry.MODELS
+    registry = MODELS if scope == 'drconv_mm' else __import__(f'{scope}.registry').registry.MODELS
     model = registry.build(cfg)
     model.init_weights()
     return model
@@ -185,14 +185,14 @@ def aspp_with(conv_cfg):
 
 
 def mobilefacenet_with(conv_cfg):
-    return build_in_scope('plugins', dict(
+    return build_in_scope('drconv_mm', dict(
         type='MobileFaceNet', num_features=16, blocks=(1, 1, 1, 1), scale=1,
         inner_channels=(8, 8, 16, 16), down_channels=(8, 16, 32), sep_channels=32,
         input_size=32, drconv=conv_cfg))
 
 
 def iresnet_with(conv_cfg):
-    return build_in_scope('plugins', dict(
+    return build_in_scope('drconv_mm', dict(
         type='IResNet', depth=18, base_channels=4, num_features=16, input_size=32,
         drconv=conv_cfg))
 

@@ -6,11 +6,11 @@ import torch
 from mmcv.cnn import ConvModule, build_conv_layer
 from mmengine.registry import MODELS, init_default_scope
 
-import plugins  # noqa: F401  registers 'DRConv'
+import drconv_mm  # noqa: F401  registers 'DRConv'
 from drconv import DRConv2d
 
 
-@pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'plugins'])
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'drconv_mm'])
 def test_build_conv_layer_in_every_scope(scope):
     init_default_scope(scope)
     layer = build_conv_layer(dict(type='DRConv', region_num=4), 8, 16, kernel_size=3,

@@ -15,7 +15,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-import plugins.checkpoint_safety  # noqa: F401  the test reads checkpoints weights-only too
+import drconv_mm.checkpoint_safety  # noqa: F401  the test reads checkpoints weights-only too
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # idle OpenMP threads sleep instead of spinning: spinning stalls torch on a shared CPU;
@@ -161,7 +161,7 @@ def test_two_process_cpu_training(demo_coco, tmp_path):
     """
     config = tmp_path / 'probed.py'
     config.write_text(f"_base_ = {DEMO_CONFIG!r}\n"
-                      "custom_imports = dict(imports=['plugins', 'rank_probe'], "
+                      "custom_imports = dict(imports=['drconv_mm', 'rank_probe'], "
                       "allow_failed_imports=False)\n"
                       "custom_hooks = [dict(type='RankProbeHook')]\n")
     path = os.pathsep.join(p for p in os.environ['PATH'].split(os.pathsep)
@@ -190,7 +190,7 @@ def test_two_process_cpu_training(demo_coco, tmp_path):
 
 def test_cpu_config_of_a_syncbn_model(tmp_path):
     """mmseg's configs norm with SyncBN (GPU only) and name NCCL: both adapted for CPU."""
-    from plugins.distributed import adapt_to_cpu
+    from drconv_mm.distributed import adapt_to_cpu
     cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/seg/deeplabv3_r50-d8-drconv-c3-c5_'
                                               '4xb2-40k_cityscapes-512x1024.py'))
     cfg.sync_bn = 'torch'
@@ -207,6 +207,6 @@ def test_cpu_slurm_launcher_is_refused_with_the_alternative():
         pytest.skip('the refusal is for machines without CUDA')
     from mmengine.config import Config as MMConfig
 
-    from plugins.distributed import prepare_distributed
+    from drconv_mm.distributed import prepare_distributed
     with pytest.raises(ValueError, match='--launcher slurm needs CUDA.*torchrun'):
         prepare_distributed(MMConfig(), 'slurm')

@@ -4,5 +4,5 @@ from mmengine.registry import init_default_scope
 
 
 @pytest.fixture(autouse=True)
-def plugins_scope():
-    init_default_scope('plugins')
+def drconv_mm_scope():
+    init_default_scope('drconv_mm')

@@ -4,10 +4,10 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-import plugins  # noqa: F401
-import plugins.face  # noqa: F401
+import drconv_mm  # noqa: F401
+import drconv_mm.face  # noqa: F401
 from drconv import DRConv2d
-from plugins.registry import MODELS
+from drconv_mm.registry import MODELS
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -21,7 +21,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ])
 def test_config(name, backbone, drconv):
     cfg = Config.fromfile(osp.join(REPO, 'configs/face', name))
-    assert cfg.default_scope == 'plugins'
+    assert cfg.default_scope == 'drconv_mm'
     assert cfg.model.type == 'FaceRecognizer' and cfg.model.backbone.type == backbone
     assert (cfg.model.backbone.get('drconv') is not None) == drconv
     assert cfg.train_dataloader.dataset.type == 'MXFaceDataset'

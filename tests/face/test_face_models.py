@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-import plugins  # noqa: F401
-import plugins.face  # noqa: F401
+import drconv_mm  # noqa: F401
+import drconv_mm.face  # noqa: F401
 from drconv import DRConv2d
-from plugins.face import check_label_range, combined_margin_logits
-from plugins.registry import MODELS
+from drconv_mm.face import check_label_range, combined_margin_logits
+from drconv_mm.registry import MODELS
 
 THIN_MBF = dict(type='MobileFaceNet', num_features=64, blocks=(1, 1, 1, 1), scale=1,
                 inner_channels=(32, 32, 64, 64), down_channels=(32, 64, 128), sep_channels=128)

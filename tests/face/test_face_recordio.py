@@ -106,7 +106,7 @@ def _face_set(tmp_path, broken_payload=None):
 
 
 def test_a_corrupt_image_names_file_key_and_check_command(tmp_path):
-    from plugins.face import MXFaceDataset
+    from drconv_mm.face import MXFaceDataset
     idx, rec = _face_set(tmp_path, broken_payload=b'\xff\xd8 not a jpeg' * 10)
     checked, problems = recordio.check_face_records(str(idx), str(rec))
     offset = recordio.MXIndexedRecordIO(str(idx), str(rec), 'r').idx[4]

@@ -105,7 +105,7 @@ def test_labels_beyond_num_classes_are_refused(synth_data, tmp_path):
 
 
 def test_missing_face_data_root_shows_the_layout_and_the_face_command(tmp_path):
-    from plugins.det.data_check import check_data_paths
+    from drconv_mm.det.data_check import check_data_paths
     cfg = Config.fromfile(osp.join(REPO, DEMO_CONFIG))
     cfg.train_dataloader.dataset.data_root = str(tmp_path / 'ms1mv3')
     with pytest.raises(FileNotFoundError) as error:
@@ -141,7 +141,7 @@ def test_tools_name_the_missing_or_wrong_input(tmp_path, capsys):
 
 
 def test_a_corrupt_image_in_a_bin_names_file_index_and_check_command(tmp_path, capsys):
-    from plugins.face import VerificationBinDataset
+    from drconv_mm.face import VerificationBinDataset
     from tools.face import make_pairs_bin
     grey = np.full((112, 112, 3), 128, np.uint8)
     path = tmp_path / 'lfw.bin'
@@ -276,7 +276,7 @@ def test_face_tools_help_describes_every_argument_and_its_default():
 def test_pack_recordio_and_make_pairs_bin_from_folders(tmp_path, capsys):
     import cv2
     from drconv.face import load_bin
-    from plugins.face import ImageFolderFaceDataset, MXFaceDataset
+    from drconv_mm.face import ImageFolderFaceDataset, MXFaceDataset
     from tools.face import make_pairs_bin, pack_recordio
     rng = np.random.default_rng(0)
     for ident in ('alice', 'bob', 'carol'):

@@ -381,7 +381,7 @@ def check_targets(r: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]
 def config_layer_shapes(config: str, image_shape: Sequence[int],
                         batch: int) -> List[Tuple[LayerShape, List[str]]]:
     """Distinct DRConv2d layer shapes a config's model runs at this input, with layer names."""
-    from plugins.analysis import models
+    from drconv_mm.analysis import models
     model = models.build_model(models.load_config(config))
     data = models.preprocess(model, models.fake_batch(model, batch, image_shape))
     shapes: Dict[LayerShape, List[str]] = {}
@@ -403,7 +403,7 @@ def model_runs(args: argparse.Namespace) -> Tuple[Dict[Tuple[str, str], Callable
     """(model, mode) -> one training step ('train_step') or inference ('inference') of the
     ``--model`` config's model ('drconv') and its baseline; and facts about both."""
     from mmengine.optim import OptimWrapper
-    from plugins.analysis import models
+    from drconv_mm.analysis import models
     cfg = models.load_config(args.model)
     built = {'drconv': models.build_model(cfg),
              'baseline': (models.build_model(models.load_config(args.model_base_config))

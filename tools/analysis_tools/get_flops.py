@@ -5,12 +5,11 @@
 Counts with mmengine's complexity counter (``mmengine.analysis``, one multiply-add = one FLOP)
 and prints mmdet's/mmseg's ``get_flops.py`` block for the model and for its baseline: the same
 config with every ``type='DRConv'`` entry removed (``backbone.dcn``, ``conv_cfg``, ...), or
-``--base-config``. DRConv2d is counted at its real cost (``plugins.analysis.complexity``): the
+``--base-config``. DRConv2d is counted at its real cost (``drconv_mm.analysis.complexity``): the
 selected filter per pixel (a plain conv's MAdds, not m times), the guide conv, the filter
-generator and the ``weight + delta`` add. The input is one random image (``--batch`` more).
+generator and forming the region filters. The input is one random image (``--batch`` more).
 """
 import argparse
-import functools
 import os.path as osp
 import sys
 from typing import Any, Dict, Optional, Sequence
@@ -19,15 +18,11 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-import torch  # noqa: E402
-from mmengine.analysis import FlopAnalyzer, parameter_count  # noqa: E402
 from mmengine.analysis.print_helper import _format_size  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
-from plugins.analysis import complexity  # noqa: E402,F401  DRConv2d's pricing
-from plugins.analysis import models  # noqa: E402
-
-DRCONV_PARTS = ('region_conv', 'guide_conv', 'filter_generator', 'region_filters')
+from drconv_mm.analysis import models  # noqa: E402
+from drconv_mm.analysis.counting import DRCONV_PARTS, copy_shared_weights, count  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,42 +41,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def count(model: torch.nn.Module, batch: int, image_shape: Sequence[int]) -> Dict[str, Any]:
-    """MAdds and parameters of ``model`` on a random batch; DRConv layers by part.
-
-    Returns a dict: ``flops`` (int), ``params``, ``pad_shape`` (the input after the data
-    preprocessor), ``drconv`` (per DRConv2d name: MAdds of ``DRCONV_PARTS`` and ``total``).
-    """
-    model.eval()
-    if models.model_family(model) == 'mmseg' and getattr(model, 'auxiliary_head', None):
-        model.auxiliary_head = None  # as mmseg's get_flops.py: not part of the deployed model
-    data = models.preprocess(model, models.fake_batch(model, batch, image_shape))
-    forward = model.forward
-    if models.model_family(model) != 'other':
-        model.forward = functools.partial(forward, data_samples=data['data_samples'])
-    try:
-        analyzer = FlopAnalyzer(model, data['inputs'])
-        analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        with torch.no_grad():
-            flops = int(analyzer.total())
-        layers = {}
-        for name, module in model.named_modules():
-            if not hasattr(module, 'guide_conv') or not hasattr(module, 'filter_generator'):
-                continue
-            ops = analyzer.by_operator(name)
-            layers[name] = dict(
-                region_conv=int(ops['region_conv']),
-                guide_conv=int(analyzer.total(f'{name}.guide_conv')),
-                filter_generator=int(analyzer.total(f'{name}.filter_generator')),
-                region_filters=int(ops['region_filters']),
-                total=int(analyzer.total(name)))
-    finally:
-        if models.model_family(model) != 'other':
-            model.forward = forward
-    return dict(flops=flops, params=parameter_count(model)[''],
-                pad_shape=tuple(data['inputs'].shape[-2:]), drconv=layers)
-
-
 def complexity_of_config(config: str, shape: Sequence[int], batch: int = 1,
                          base_config: Optional[str] = None,
                          cfg_options: Optional[dict] = None) -> Dict[str, Any]:
@@ -93,12 +52,9 @@ def complexity_of_config(config: str, shape: Sequence[int], batch: int = 1,
         base = models.build_model(models.load_config(base_config, cfg_options))
     else:
         base = models.build_model(cfg, baseline=True)
-    # Shared weights make both models propose the same boxes (a fresh DRConv2d computes its
-    # static conv), so a detector's RoI head costs the same in both and the difference is DRConv's.
-    try:
-        model.load_state_dict(base.state_dict(), strict=False)
-    except RuntimeError:  # a --base-config of other shapes: counted with their own weights
-        pass
+    # the same proposals, so the difference is DRConv's (a --base-config of other shapes: each
+    # model is counted with its own weights)
+    copy_shared_weights(model, base)
     return dict(ori_shape=tuple(image_shape[1:]), model=count(model, batch, image_shape),
                 baseline=count(base, batch, image_shape))
 

@@ -21,7 +21,7 @@ import time
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-import plugins.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
+import drconv_mm.checkpoint_safety  # noqa: E402,F401  checkpoints load weights-only
 
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
@@ -34,7 +34,7 @@ from mmengine.utils import import_modules_from_strings  # noqa: E402
 def evaluate_bins(model, bin_paths, batch_size=64, num_folds=10):
     """Runs ``model`` (a FaceRecognizer) on each .bin; returns {set name: metrics dict}."""
     from drconv.face import threshold_fold_impostors
-    from plugins.face import VerificationBinDataset, VerificationMetric
+    from drconv_mm.face import VerificationBinDataset, VerificationMetric
     size = getattr(model.backbone, 'input_size', 112)
     results = {}
     model.eval()
@@ -92,8 +92,8 @@ def main(argv=None):
         cfg.merge_from_dict(args.cfg_options)
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope(cfg.get('default_scope', 'plugins'))
-    from plugins.registry import MODELS
+    init_default_scope(cfg.get('default_scope', 'drconv_mm'))
+    from drconv_mm.registry import MODELS
     model = MODELS.build(cfg.model)
     if args.checkpoint.lower() != 'none':
         load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)

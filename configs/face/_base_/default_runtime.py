@@ -1,6 +1,6 @@
 # Runtime shared by the face configs (mmengine's defaults, the toolkit's scope).
-default_scope = 'plugins'
-custom_imports = dict(imports=['plugins'], allow_failed_imports=False)
+default_scope = 'drconv_mm'
+custom_imports = dict(imports=['drconv_mm'], allow_failed_imports=False)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
