@@ -72,13 +72,14 @@ def guide_conv2d(x: Tensor, weight: Tensor, bias, geo: Geometry) -> Tensor:
 
 class GuideConv(nn.Conv2d):
     """DRConv2d's guide conv: an nn.Conv2d (same parameters, hooks and checkpoint keys) whose
-    CPU forward is :func:`guide_conv2d` (not while tracing or exporting, which record
-    ``F.conv2d``)."""
+    CPU forward at stride 1 is :func:`guide_conv2d` (at larger strides it would compute every
+    tap at every input pixel, 4 times the outputs at stride 2: conv's is faster there; and not
+    while tracing or exporting, which record ``F.conv2d``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C_in, H, W) -> guide logits (B, m, H_out, W_out)."""
-        if (x.device.type != 'cpu' or torch.jit.is_tracing() or torch.jit.is_scripting()
-                or torch.onnx.is_in_onnx_export()):
+        if (x.device.type != 'cpu' or self.stride != (1, 1) or torch.jit.is_tracing()
+                or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
             return super().forward(x)
         geo = Geometry(self.kernel_size, self.stride, self.padding, self.dilation)
         return guide_conv2d(x, self.weight, self.bias, geo)

@@ -312,31 +312,35 @@ void dispatch(int rows, int64_t width, Args&&... args) {
   with_rows<Kernel, V, MAX>(rows, args...);
 }
 
-// Responses: `acc` = output channels first.. (V vectors) of the ROWS sorted pixels `rows` from
-// the panel of a group's filters (pack_panel), their patches read from x (B, H, W, C_in).
+// Responses: `out` = output channels first.. (V vectors) of the ROWS sorted pixels `rows` from
+// the panel of a group's filters (pack_panel), their patches read from x (B, H, W, C_in). Not
+// inlined, with accumulators of its own: inlined into its callers, or adding to `out` (which
+// might alias x), the compiler kept an accumulator in memory, at half the speed.
 template <int ROWS, int V>
-inline void response(const Geometry& g, const float* x, const float* zero_row,
-                     const float* panel, const int64_t* rows, vec (&acc)[ROWS][V]) {
+__attribute__((noinline)) void response(const Geometry& g, const float* x, const float* zero_row,
+                                        const float* panel, const int64_t* rows,
+                                        vec (&out)[ROWS][V]) {
+  vec acc[ROWS][V];
   for (int r = 0; r < ROWS; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = vzero();
   const float* weights = panel;
-  for (int64_t i = 0; i < g.kh; ++i) {
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const float* tap[ROWS];
+  for (int64_t t = 0; t < g.kh * g.kw; ++t) {
+    const float* tap[ROWS];
+    for (int r = 0; r < ROWS; ++r) {
+      tap[r] = tap_of(g, x, rows[r], t / g.kw, t % g.kw);
+      if (!tap[r]) tap[r] = zero_row;
+    }
+    for (int64_t c = 0; c < g.c_in; ++c, weights += PANEL) {
+      vec wv[V];
+      for (int v = 0; v < V; ++v) wv[v] = vload(weights + LANES * v);
       for (int r = 0; r < ROWS; ++r) {
-        tap[r] = tap_of(g, x, rows[r], i, j);
-        if (!tap[r]) tap[r] = zero_row;
-      }
-      for (int64_t c = 0; c < g.c_in; ++c, weights += PANEL) {
-        vec wv[V];
-        for (int v = 0; v < V; ++v) wv[v] = vload(weights + LANES * v);
-        for (int r = 0; r < ROWS; ++r) {
-          const vec xv = vset1(tap[r][c]);
-          for (int v = 0; v < V; ++v) acc[r][v] = vfma(xv, wv[v], acc[r][v]);
-        }
+        const vec xv = vset1(tap[r][c]);
+        for (int v = 0; v < V; ++v) acc[r][v] = vfma(xv, wv[v], acc[r][v]);
       }
     }
   }
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < V; ++v) out[r][v] = acc[r][v];
 }
 
 // Forward: output channels first .. first + width of the ROWS sorted pixels `rows`, from the

@@ -286,17 +286,23 @@ def test_paper_generator_expresses_the_all_regions_module(dtype):
 @pytest.mark.parametrize('k,stride,padding,dilation', [(3, 1, 1, 1), (1, 1, 0, 1),
                                                        (3, 2, 2, 2), (1, 2, 1, 1)])
 def test_guide_conv_is_conv(k, stride, padding, dilation):
-    """The guide conv's own CPU forward (one GEMM, shifted sums) and conv's backward."""
-    from drconv.guide_conv import GuideConv
+    """The guide conv's own CPU forward (one GEMM, shifted sums; the module uses it at stride
+    1) and conv's backward."""
+    from drconv.guide_conv import GuideConv, guide_conv2d
+    from drconv.patches import Geometry
     guide = GuideConv(5, 4, k, stride, padding, dilation).double()
     conv = nn.Conv2d(5, 4, k, stride, padding, dilation).double()
     conv.load_state_dict(guide.state_dict())
+    geo = Geometry((k, k), (stride,) * 2, (padding,) * 2, (dilation,) * 2)
     x = torch.randn(2, 5, 9, 11, dtype=torch.float64, requires_grad=True)
     grads = []
-    for module in (guide, conv):
-        out = module(x)
+    for run, module in ((lambda: guide_conv2d(x, guide.weight, guide.bias, geo), guide),
+                        (lambda: guide(x), guide), (lambda: conv(x), conv)):
+        out = run()
         out.backward(torch.ones_like(out))
-        grads.append([x.grad.clone(), module.weight.grad, module.bias.grad, out])
+        grads.append([x.grad.clone(), module.weight.grad.clone(), module.bias.grad.clone(), out])
         x.grad = None
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
+        module.zero_grad()
+    for a, b, c in zip(*grads):
+        torch.testing.assert_close(a, c)
+        torch.testing.assert_close(b, c)
