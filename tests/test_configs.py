@@ -14,7 +14,10 @@ DEMO_CONFIGS = [p for p in CONFIGS if '/demo/' in p]
 
 
 def test_configs_found():
-    assert len(CONFIGS) >= 15 and len(DEMO_CONFIGS) == 3
+    # the demos of the three tasks, and the det demo's two ablation variants
+    assert len(CONFIGS) >= 15 and len(DEMO_CONFIGS) == 5
+    assert {osp.basename(osp.dirname(osp.dirname(p))) for p in DEMO_CONFIGS} == {
+        'det', 'seg', 'face'}
 
 
 @pytest.mark.parametrize('config', CONFIGS, ids=osp.basename)

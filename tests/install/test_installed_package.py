@@ -52,7 +52,7 @@ print(json.dumps(dict(
     drconv_layers=len(layers), loss=float(sum(v.item() for k, v in losses.items() if 'loss' in k)),
     changed=sum(not torch.equal(a, b) for a, b in zip(before, after)),
     files=[drconv.__file__, drconv_mm.__file__, type(layers[0]).__module__],
-    plugins=importlib.util.find_spec('drconv_mm') is not None)))
+    plugins=importlib.util.find_spec('plugins') is not None)))
 """
 
 
@@ -72,9 +72,9 @@ def test_user_config_inheriting_mmdet_builds_and_trains_outside_the_repo(tmp_pat
     assert out['changed'] > 0 and out['loss'] == out['loss']  # a finite step that trained them
     drconv_file, glue_file, module = out['files']
     assert drconv_file == osp.join(REPO_ROOT, 'drconv', '__init__.py')
-    assert glue_file == osp.join(REPO_ROOT, 'drconv_mm', '__init__.py')
+    assert glue_file == osp.join(REPO_ROOT, 'plugins', '__init__.py')
     assert module.startswith('drconv.')
-    assert not out['drconv_mm'], 'the install exposes a top-level `drconv_mm` package'
+    assert not out['plugins'], 'the install exposes a top-level `plugins` package'
 
 
 def test_pyproject_packages_are_every_package_folder():
@@ -88,4 +88,4 @@ def test_pyproject_packages_are_every_package_folder():
                 rel = osp.relpath(path, osp.join(REPO_ROOT, folder))
                 found.add(name if rel == '.' else f'{name}.{rel.replace(os.sep, ".")}')
     assert sorted(setup['packages']) == sorted(found)
-    assert setup['package-dir'] == {'drconv_mm': 'drconv_mm'}
+    assert setup['package-dir'] == {'drconv_mm': 'plugins'}
