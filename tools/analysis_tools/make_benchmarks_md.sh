@@ -46,10 +46,9 @@ done
 summary=$(mktemp)
 {
   echo "$SUMMARY_START"
-  printf '\nCPU (%s, %s cores, %s threads), float32; %s, commit %s%s. Each figure is a ratio of\n' \
+  printf '\nCPU (%s, %s cores, %s threads), float32; %s. Each figure is a ratio of\n' \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$(nproc)" "$THREADS" \
-    "$(date -u +'%Y-%m-%d')" "$(git rev-parse --short HEAD)" \
-    "$(git diff --quiet HEAD -- drconv plugins tools || echo ' plus uncommitted changes')"
+    "$(date -u +'%Y-%m-%d')"
   printf 'medians measured side by side in one process, three fresh processes; the full tables\n'
   printf 'and the commands are under "Results" below.\n\n'
   $PY $B --summarize "${runs[@]}"
