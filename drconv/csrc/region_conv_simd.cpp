@@ -253,22 +253,16 @@ void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t fir
                  int64_t outs, int64_t first, int64_t width, float* dst, int64_t out_stride,
                  int64_t tap_stride) {
   constexpr int64_t TERMS_IN_REGISTERS = LANES / 2 + 4;  // 8 (AVX2), 12 (AVX-512)
-  const int64_t taps = g.kh * g.kw;
-  if (f.filters || f.terms_by_tap || f.n_terms > TERMS_IN_REGISTERS) {
-    for (int64_t t = 0; t < taps; ++t)
-      filter_rows(g, f, group, first_out, outs, t, first, width, dst + t * tap_stride,
-                  out_stride);
-    return;
-  }
   constexpr int64_t MAX_TAPS = 64;
-  const int64_t K = taps * g.c_in, r = group % g.regions, n = f.n_terms;
+  const int64_t taps = g.kh * g.kw;
   const int64_t coef_taps = f.coef_by_tap ? taps : 1;
-  if (coef_taps > MAX_TAPS) {
+  if (f.filters || f.terms_by_tap || f.n_terms > TERMS_IN_REGISTERS || coef_taps > MAX_TAPS) {
     for (int64_t t = 0; t < taps; ++t)
       filter_rows(g, f, group, first_out, outs, t, first, width, dst + t * tap_stride,
                   out_stride);
     return;
   }
+  const int64_t K = taps * g.c_in, r = group % g.regions, n = f.n_terms;
   float coef[TERMS_IN_REGISTERS * MAX_TAPS];
   for (int64_t c = 0; c < n; ++c)
     for (int64_t t = 0; t < coef_taps; ++t)
