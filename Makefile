@@ -1,5 +1,6 @@
 # The commands of the README: `make demo` (TASK=det|seg|face), `make test` and `make compare`
-# (TASK=det|seg|face|det-ablation: DRConv against its baseline over 3 seeds on a demo's data).
+# (TASK=det|seg|face|det-ablation|det-hard|face-hard: DRConv against its baseline over 3 seeds on
+# a demo's data; det-hard and face-hard on the harder synthetic variants).
 # All create .venv here on first use and install requirements.txt and the toolkit into it. mmcv 2.1.0 is
 # compiled with its ops on first install (~30 min on 2 cores) unless a wheelhouse named in
 # PIP_FIND_LINKS holds a matching wheel.

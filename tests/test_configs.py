@@ -14,8 +14,8 @@ DEMO_CONFIGS = [p for p in CONFIGS if '/demo/' in p]
 
 
 def test_configs_found():
-    # the demos of the three tasks, and the det demo's two ablation variants
-    assert len(CONFIGS) >= 15 and len(DEMO_CONFIGS) == 5
+    # the demos of the three tasks, the det demo's two ablation variants, det and face on harder data
+    assert len(CONFIGS) >= 15 and len(DEMO_CONFIGS) == 7
     assert {osp.basename(osp.dirname(osp.dirname(p))) for p in DEMO_CONFIGS} == {
         'det', 'seg', 'face'}
 

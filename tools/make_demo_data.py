@@ -12,12 +12,17 @@ unchanged, so the demo configs differ from the real ones only in data_root and s
 
 Detection images hold a few solid-colour shapes (one class per shape) on a noisy background;
 segmentation images hold a road/sky scene with buildings, cars and people, labelled with
-Cityscapes train ids.
+Cityscapes train ids. The harder detection variant (``--task det-hard``, written to
+``data/demo_coco_hard/`` in the same layout) draws eight shape classes in random colours (the
+class is in the outline only), 2-8 objects per image over a wider range of sizes, overlapping
+(later shapes occlude earlier ones), on a shaded background cluttered with unlabelled strokes and
+blobs; a shape less than 60% visible is left unlabelled.
 
 Usage::
 
-    python tools/make_demo_data.py                  # both data sets under data/, if missing
+    python tools/make_demo_data.py                  # both demo data sets under data/, if missing
     python tools/make_demo_data.py --task det --num-train 400 --force
+    python tools/make_demo_data.py --task det-hard  # the harder detection variant
 """
 import argparse
 import json
@@ -32,6 +37,17 @@ from mmengine.utils import track_iter_progress
 # Detection classes and the BGR colour each is drawn in (jittered per object).
 DET_CLASSES = ('rectangle', 'ellipse', 'triangle')
 DET_COLOURS = ((40, 40, 220), (40, 200, 40), (220, 60, 40))
+# The harder variant's classes: outlines in the unit square (x right, y down), scaled to the box.
+HARD_DET_CLASSES = DET_CLASSES + ('diamond', 'hexagon', 'cross', 'star', 'chevron')
+UNIT_OUTLINES = {
+    'diamond': [(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)],
+    'hexagon': [(0.25, 0), (0.75, 0), (1, 0.5), (0.75, 1), (0.25, 1), (0, 0.5)],
+    'cross': [(1 / 3, 0), (2 / 3, 0), (2 / 3, 1 / 3), (1, 1 / 3), (1, 2 / 3), (2 / 3, 2 / 3),
+              (2 / 3, 1), (1 / 3, 1), (1 / 3, 2 / 3), (0, 2 / 3), (0, 1 / 3), (1 / 3, 1 / 3)],
+    'star': [(0.5 + (0.5 if i % 2 == 0 else 0.2) * np.sin(i * np.pi / 5),
+              0.5 - (0.5 if i % 2 == 0 else 0.2) * np.cos(i * np.pi / 5)) for i in range(10)],
+    'chevron': [(0, 0), (0.5, 0.55), (1, 0), (1, 0.45), (0.5, 1), (0, 0.45)],
+}
 # Cityscapes train ids used by the segmentation scenes, with their BGR colours.
 ROAD, BUILDING, PERSON, SKY, CAR = 0, 2, 11, 10, 13
 SEG_COLOURS = {ROAD: (90, 90, 90), BUILDING: (40, 110, 170), PERSON: (60, 20, 220),
@@ -44,17 +60,21 @@ def noisy_background(rng: np.random.Generator, height: int, width: int) -> np.nd
     return base + rng.normal(0, 18, (height, width, 3)).astype(np.float32)
 
 
-def shape_polygon(rng: np.random.Generator, label: int, box: np.ndarray) -> np.ndarray:
-    """The outline of class ``label`` inscribed in ``box`` (x1, y1, x2, y2): (N, 2) int32."""
+def shape_polygon(rng: np.random.Generator, name: str, box: np.ndarray) -> np.ndarray:
+    """The outline of the class called ``name`` inscribed in ``box`` (x1, y1, x2, y2): (N, 2)
+    int32."""
     x1, y1, x2, y2 = box
-    if DET_CLASSES[label] == 'rectangle':
+    if name == 'rectangle':
         return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.int32)
-    if DET_CLASSES[label] == 'ellipse':
+    if name == 'ellipse':
         centre = (int((x1 + x2) // 2), int((y1 + y2) // 2))
         axes = (int((x2 - x1) // 2), int((y2 - y1) // 2))
         return cv2.ellipse2Poly(centre, axes, 0, 0, 360, 10).astype(np.int32)
-    apex = rng.integers(x1, x2 + 1)
-    return np.array([[apex, y1], [x2, y2], [x1, y2]], np.int32)
+    if name == 'triangle':
+        apex = rng.integers(x1, x2 + 1)
+        return np.array([[apex, y1], [x2, y2], [x1, y2]], np.int32)
+    unit = np.array(UNIT_OUTLINES[name])
+    return np.rint(unit * [x2 - x1, y2 - y1] + [x1, y1]).astype(np.int32)
 
 
 def box_iou(box: np.ndarray, boxes: list) -> float:
@@ -84,7 +104,7 @@ def det_image(rng: np.random.Generator, size: int):
         else:
             continue
         label = int(rng.integers(len(DET_CLASSES)))
-        polygon = shape_polygon(rng, label, box)
+        polygon = shape_polygon(rng, DET_CLASSES[label], box)
         colour = np.clip(np.array(DET_COLOURS[label]) + rng.integers(-30, 31, 3), 0, 255)
         cv2.fillPoly(image, [polygon], colour.tolist())
         boxes.append(box)
@@ -92,8 +112,49 @@ def det_image(rng: np.random.Generator, size: int):
     return np.clip(image, 0, 255).astype(np.uint8), objects
 
 
-def write_coco_split(root: str, split: str, num_images: int, size: int, seed: int) -> None:
-    """Writes ``<root>/<split>2017/*.jpg`` and ``<root>/annotations/instances_<split>2017.json``."""
+def hard_det_image(rng: np.random.Generator, size: int):
+    """One image of the harder variant and its objects as (label, polygon) pairs: labels index
+    ``HARD_DET_CLASSES``."""
+    image = noisy_background(rng, size, size)
+    shading = cv2.resize(rng.normal(0, 30, (3, 3)).astype(np.float32), (size, size),
+                         interpolation=cv2.INTER_CUBIC)
+    image += shading[..., None]
+    for _ in range(rng.integers(4, 12)):  # clutter: unlabelled strokes and blobs
+        colour = rng.integers(0, 256, 3).tolist()
+        if rng.random() < 0.5:
+            (xa, ya), (xb, yb) = rng.integers(0, size, (2, 2))
+            cv2.line(image, (int(xa), int(ya)), (int(xb), int(yb)), colour,
+                     int(rng.integers(1, 4)))
+        else:
+            centre = tuple(int(v) for v in rng.integers(0, size, 2))
+            cv2.circle(image, centre, int(rng.integers(2, size // 16)), colour, -1)
+    objects, boxes = [], []
+    owner = np.full((size, size), -1, np.int32)  # which object each pixel shows
+    for _ in range(rng.integers(2, 9)):
+        for _attempt in range(10):
+            w, h = rng.integers(size // 10, size // 2, 2)
+            x1, y1 = rng.integers(0, size - w), rng.integers(0, size - h)
+            box = np.array([x1, y1, x1 + w, y1 + h])
+            if box_iou(box, boxes) < 0.4:
+                break
+        else:
+            continue
+        label = int(rng.integers(len(HARD_DET_CLASSES)))
+        polygon = shape_polygon(rng, HARD_DET_CLASSES[label], box)
+        cv2.fillPoly(image, [polygon], rng.integers(0, 256, 3).tolist())
+        cv2.fillPoly(owner, [polygon], len(objects))
+        boxes.append(box)
+        objects.append((label, polygon))
+    # a shape mostly hidden by later ones is drawn but not labelled (it is clutter then)
+    areas = [cv2.fillPoly(np.zeros_like(owner, np.uint8), [p], 1).sum() for _, p in objects]
+    visible = [obj for i, obj in enumerate(objects) if (owner == i).sum() >= 0.6 * areas[i]]
+    return np.clip(image, 0, 255).astype(np.uint8), visible
+
+
+def write_coco_split(root: str, split: str, num_images: int, size: int, seed: int,
+                     classes: tuple = DET_CLASSES, draw=det_image) -> None:
+    """Writes ``<root>/<split>2017/*.jpg`` and ``<root>/annotations/instances_<split>2017.json``:
+    ``num_images`` images drawn by ``draw(rng, size)``, whose labels index ``classes``."""
     rng = np.random.default_rng(seed)
     image_dir = osp.join(root, f'{split}2017')
     os.makedirs(image_dir, exist_ok=True)
@@ -101,7 +162,7 @@ def write_coco_split(root: str, split: str, num_images: int, size: int, seed: in
     images, annotations = [], []
     print_log(f'writing {num_images} COCO {split} images to {image_dir}', logger='current')
     for image_id in track_iter_progress(list(range(1, num_images + 1))):
-        image, objects = det_image(rng, size)
+        image, objects = draw(rng, size)
         file_name = f'{image_id:012d}.jpg'
         cv2.imwrite(osp.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
         images.append(dict(id=image_id, file_name=file_name, height=size, width=size))
@@ -113,7 +174,7 @@ def write_coco_split(root: str, split: str, num_images: int, size: int, seed: in
                 area=float(cv2.contourArea(polygon)), iscrowd=0,
                 segmentation=[polygon.reshape(-1).astype(float).tolist()]))
     categories = [dict(id=i + 1, name=name, supercategory='shape')
-                  for i, name in enumerate(DET_CLASSES)]
+                  for i, name in enumerate(classes)]
     with open(osp.join(root, 'annotations', f'instances_{split}2017.json'), 'w') as f:
         json.dump(dict(images=images, annotations=annotations, categories=categories), f)
 
@@ -163,13 +224,14 @@ def write_cityscapes_split(root: str, split: str, num_images: int, height: int, 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Write the synthetic demo data sets.')
-    parser.add_argument('--task', choices=['det', 'seg', 'all'], default='all')
-    parser.add_argument('--out', default='data', help='parent folder of demo_coco/ and '
-                        'demo_cityscapes/')
+    parser.add_argument('--task', choices=['det', 'det-hard', 'seg', 'all'], default='all',
+                        help="'all': the demos' data (det and seg)")
+    parser.add_argument('--out', default='data', help='parent folder of demo_coco/, '
+                        'demo_coco_hard/ and demo_cityscapes/')
     parser.add_argument('--num-train', type=int, default=None,
-                        help='training images (default: 300 det, 100 seg)')
+                        help='training images (default: 300 det, 600 det-hard, 100 seg)')
     parser.add_argument('--num-val', type=int, default=None,
-                        help='validation images (default: 50 det, 20 seg)')
+                        help='validation images (default: 50 det, 100 det-hard, 20 seg)')
     parser.add_argument('--size', type=int, default=128,
                         help='detection image side; segmentation images are size x 2*size')
     parser.add_argument('--seed', type=int, default=0)
@@ -179,14 +241,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.task in ('det', 'all'):
-        root = osp.join(args.out, 'demo_coco')
+    tasks = ('det', 'seg') if args.task == 'all' else (args.task,)
+    coco_sets = {'det': ('demo_coco', 300, 50, DET_CLASSES, det_image),
+                 'det-hard': ('demo_coco_hard', 600, 100, HARD_DET_CLASSES, hard_det_image)}
+    for task, (folder, num_train, num_val, classes, draw) in coco_sets.items():
+        if task not in tasks:
+            continue
+        root = osp.join(args.out, folder)
         if args.force or not osp.isfile(osp.join(root, 'annotations', 'instances_val2017.json')):
-            write_coco_split(root, 'train', args.num_train or 300, args.size, args.seed)
-            write_coco_split(root, 'val', args.num_val or 50, args.size, args.seed + 1)
+            write_coco_split(root, 'train', args.num_train or num_train, args.size, args.seed,
+                             classes, draw)
+            write_coco_split(root, 'val', args.num_val or num_val, args.size, args.seed + 1,
+                             classes, draw)
         else:
             print_log(f'{root} exists; keeping it (--force rewrites it)', logger='current')
-    if args.task in ('seg', 'all'):
+    if 'seg' in tasks:
         root = osp.join(args.out, 'demo_cityscapes')
         if args.force or not osp.isdir(osp.join(root, 'gtFine', 'val')):
             write_cityscapes_split(root, 'train', args.num_train or 100, args.size,

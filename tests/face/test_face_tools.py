@@ -13,7 +13,7 @@ import torch
 from mmengine.config import Config
 
 from drconv import DRConv2d
-from drconv.face import BinFormatError, save_bin
+from drconv.face import BinFormatError, load_bin, save_bin
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = 'configs/face/demo/arcface_mobilefacenet-thin-drconv_demo-synth.py'
@@ -301,3 +301,29 @@ def test_pack_recordio_and_make_pairs_bin_from_folders(tmp_path, capsys):
     assert len(rec) == len(folders) == 9 and rec.max_label() == folders.max_label() == 2
     item = rec[4]
     assert item['inputs'].shape == (3, 112, 112) and int(item['data_samples'].gt_label) == 1
+
+
+def test_hard_variant_gives_each_view_its_own_background(tmp_path):
+    from drconv.face import recordio
+    corner_spread = {}
+    for variant in ('demo', 'hard'):
+        root = tmp_path / variant
+        proc = run(['tools/face/make_demo_data.py', str(root), '--train-ids', '2', '--per-id', '6',
+                    '--val-ids', '2', '--val-per-id', '3', '--pairs', '4']
+                   + (['--hard'] if variant == 'hard' else []))
+        assert proc.returncode == 0, proc.stderr
+        assert len(load_bin(str(root / 'synth.bin'))[0]) == 16
+        rec = recordio.MXIndexedRecordIO(str(root / 'train.idx'), str(root / 'train.rec'), 'r')
+        # the first identity's 6 views (record 0 is the MS1M header): their top-left corners
+        corners = np.stack([recordio.unpack_img(rec.read_idx(i))[1][:6, :6].mean((0, 1))
+                            for i in range(1, 7)])
+        corner_spread[variant] = corners.std(0).mean()
+    # the demo's identity keeps its background under colour jitter; the hard views do not
+    assert corner_spread['hard'] > 2 * corner_spread['demo']
+
+
+def test_hard_config_reads_the_hard_data_everywhere():
+    cfg = Config.fromfile(osp.join(REPO, 'configs/face/demo/'
+                                         'arcface_mobilefacenet-thin-drconv_demo-synth-hard.py'))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.data_root == 'data/face_demo_hard/'

@@ -3,12 +3,16 @@
 Each identity is a procedurally drawn "face" with its own geometry, colours and marks
 (face oval, hair, eyes, brows, nose, mouth, a low-frequency skin texture and a few spots).
 Every image of an identity is a new view of it: rotation, scale, shift (pose), brightness,
-contrast and colour casts, blur and sensor noise. Output (insightface's layout)::
+contrast and colour casts, blur and sensor noise. ``--hard`` writes a harder variant: each view on a
+background of its own (the demo's identities keep theirs), twice the pose range, stronger colour
+casts, noise and blur, and most views partly covered by an occluder (a random rectangle, as
+sunglasses, a mask or a hand would). Output (insightface's layout)::
 
     OUT/train.rec, train.idx, property      training identities (RecordIO, MS1M header)
     OUT/synth.bin                           verification pairs of held-out identities
 
     python tools/face/make_demo_data.py data/face_demo --train-ids 300 --per-id 24
+    python tools/face/make_demo_data.py data/face_demo_hard --hard
 """
 import argparse
 import os.path as osp
@@ -93,22 +97,48 @@ def render(identity: dict) -> np.ndarray:
     return cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
 
 
-def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A new view of a canonical picture: pose, colour, blur and noise."""
+# How far the views of an identity vary: the demo's data, and the harder variant (--hard).
+VIEWS = dict(
+    demo=dict(background=False, angle=12, scale=0.1, shift=5, occluded=0.0, cast=0.2, blur=0.3,
+              noise=(2, 9)),
+    hard=dict(background=True, angle=25, scale=0.2, shift=10, occluded=0.7, cast=0.35, blur=0.6,
+              noise=(4, 16)),
+)
+
+
+def augment(img: np.ndarray, rng: np.random.Generator,
+            views: dict = VIEWS['demo']) -> np.ndarray:
+    """A new view of a canonical picture: pose, occluder, colour, blur and noise, over the
+    ranges of ``views`` (an entry of ``VIEWS``)."""
     # pose: rotation, scale, shift
-    angle = rng.uniform(-12, 12)
-    scale = rng.uniform(0.9, 1.1)
+    angle = rng.uniform(-views['angle'], views['angle'])
+    scale = rng.uniform(1 - views['scale'], 1 + views['scale'])
     m = cv2.getRotationMatrix2D((SIZE / 2, SIZE / 2), angle, scale)
-    m[:, 2] += rng.uniform(-5, 5, 2)
+    m[:, 2] += rng.uniform(-views['shift'], views['shift'], 2)
     img = cv2.warpAffine(img, m, (SIZE, SIZE), borderMode=cv2.BORDER_REFLECT)
+    if views['occluded'] and rng.random() < views['occluded']:
+        w, h = rng.integers(SIZE // 4, SIZE // 2, 2)
+        x, y = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
+        img = img.copy()
+        img[y:y + h, x:x + w] = rng.integers(0, 256, 3)
     # colour: brightness, contrast, per-channel cast
     img = img.astype(np.float32)
     img = (img - 128) * rng.uniform(0.75, 1.25) + 128 + rng.uniform(-30, 30)
-    img *= rng.uniform(0.8, 1.2, 3)
-    if rng.random() < 0.3:
+    img *= rng.uniform(1 - views['cast'], 1 + views['cast'], 3)
+    if rng.random() < views['blur']:
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.3, 1.2))
-    img += rng.normal(0, rng.uniform(2, 9), img.shape)
+    img += rng.normal(0, rng.uniform(*views['noise']), img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def views_of(identity: dict, count: int, rng: np.random.Generator, views: dict) -> list:
+    """``count`` views of ``identity``: (112, 112, 3) uint8 BGR images."""
+    if not views['background']:
+        base = render(identity)
+        return [augment(base, rng, views) for _ in range(count)]
+    backgrounds = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(count))
+    return [augment(render(dict(identity, background=background)), rng, views)
+            for background in backgrounds]
 
 
 def encode(img: np.ndarray) -> bytes:
@@ -151,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='the .bin is OUT_DIR/<bin-name>.bin (default: synth)')
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of identities, views and pairs (default: 0)')
+    parser.add_argument('--hard', action='store_true',
+                        help='the harder variant: wider pose, occluders, stronger noise and blur')
     return parser
 
 
@@ -158,13 +190,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     start = time.time()
     rng = np.random.default_rng(args.seed)
+    views = VIEWS['hard' if args.hard else 'demo']
     identities = [random_identity(rng) for _ in range(args.train_ids + args.val_ids)]
     train, val = identities[:args.train_ids], identities[args.train_ids:]
     num_images, num_ids = recordio.write_face_records(
-        args.out_dir, ([encode(augment(base, rng)) for _ in range(args.per_id)]
-                       for base in map(render, train)), (SIZE, SIZE))
-    val_images = [[augment(base, rng) for _ in range(args.val_per_id)]
-                  for base in map(render, val)]
+        args.out_dir, (list(map(encode, views_of(identity, args.per_id, rng, views)))
+                       for identity in train), (SIZE, SIZE))
+    val_images = [views_of(identity, args.val_per_id, rng, views) for identity in val]
     pairs = make_pairs(rng, [args.val_per_id] * len(val), args.pairs)
     images, issame = [], []
     for (k1, i1), (k2, i2), same in pairs:
