@@ -2,6 +2,7 @@
 its resumption, the statistics it reports, and the baselines it derives."""
 import json
 import os.path as osp
+import subprocess
 
 import pytest
 from scipy import stats
@@ -118,3 +119,11 @@ def test_face_baseline_turns_its_drconv_stages_off():
     assert any(isinstance(m, DRConv2d) for m in models.build_model(cfg).modules())
     assert not any(isinstance(m, DRConv2d)
                    for m in models.build_model(cfg, baseline=True).modules())
+
+
+def test_make_compare_names_its_tasks_for_an_unknown_one():
+    result = subprocess.run(['bash', 'tools/demo/compare.sh', 'detection'], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ('make compare: no comparison for TASK=detection; use det, '
+                                     'seg, face, det-ablation, det-hard or face-hard')
