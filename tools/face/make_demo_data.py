@@ -4,8 +4,8 @@ Each identity is a procedurally drawn "face" with its own geometry, colours and 
 (face oval, hair, eyes, brows, nose, mouth, a low-frequency skin texture and a few spots).
 Every image of an identity is a new view of it: rotation, scale, shift (pose), brightness,
 contrast and colour casts, blur and sensor noise. ``--hard`` writes a harder variant: each view on a
-background of its own (the demo's identities keep theirs), twice the pose range, stronger colour
-casts, noise and blur, and most views partly covered by an occluder (a random rectangle, as
+background of its own (the demo's identities keep theirs), a wider pose range, stronger colour
+casts, noise and blur, and half the views partly covered by an occluder (a random rectangle, as
 sunglasses, a mask or a hand would). Output (insightface's layout)::
 
     OUT/train.rec, train.idx, property      training identities (RecordIO, MS1M header)
@@ -101,8 +101,8 @@ def render(identity: dict) -> np.ndarray:
 VIEWS = dict(
     demo=dict(background=False, angle=12, scale=0.1, shift=5, occluded=0.0, cast=0.2, blur=0.3,
               noise=(2, 9)),
-    hard=dict(background=True, angle=25, scale=0.2, shift=10, occluded=0.7, cast=0.35, blur=0.6,
-              noise=(4, 16)),
+    hard=dict(background=True, angle=20, scale=0.15, shift=8, occluded=0.5, cast=0.3, blur=0.5,
+              noise=(3, 12)),
 )
 
 
