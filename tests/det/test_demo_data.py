@@ -12,7 +12,7 @@ from mmengine.registry import DATASETS, MODELS, init_default_scope
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 HARD_CONFIG = osp.join(REPO_ROOT, 'configs/det/demo/'
-                       'faster-rcnn_r50-thin-drconv-c3-c5_fpn_300i_demo-coco-hard.py')
+                       'faster-rcnn_r50-thin-drconv-c3-c5_fpn_600i_demo-coco-hard.py')
 
 
 def test_hard_variant_loads_and_trains(tool, tmp_path):

@@ -29,7 +29,7 @@ case $TASK in
         WORK_DIR=${WORK_DIR:-work_dirs/compare_det} ;;
     det-hard)
         $PYTHON tools/make_demo_data.py --task det-hard
-        ARMS=("$DET-c3-c5_fpn_300i_demo-coco-hard.py") ;;
+        ARMS=("$DET-c3-c5_fpn_600i_demo-coco-hard.py") ;;
     seg)
         $PYTHON tools/make_demo_data.py --task seg
         ARMS=(configs/seg/demo/deeplabv3_r50-thin-d8-drconv-c3-c5_200i_demo-cityscapes-128x256.py)
