@@ -90,18 +90,25 @@ def box_iou(box: np.ndarray, boxes: list) -> float:
     return best
 
 
+def place_box(rng: np.random.Generator, size: int, boxes: list, min_side: int, max_iou: float):
+    """A box (x1, y1, x2, y2) with sides from ``min_side`` to ``size // 2`` inside the image,
+    overlapping each of ``boxes`` by less than ``max_iou`` (IoU); None after 10 tries."""
+    for _attempt in range(10):
+        w, h = rng.integers(min_side, size // 2, 2)
+        x1, y1 = rng.integers(0, size - w), rng.integers(0, size - h)
+        box = np.array([x1, y1, x1 + w, y1 + h])
+        if box_iou(box, boxes) < max_iou:
+            return box
+    return None
+
+
 def det_image(rng: np.random.Generator, size: int):
     """One detection image and its objects as (label, polygon) pairs."""
     image = noisy_background(rng, size, size)
     objects, boxes = [], []
     for _ in range(rng.integers(1, 4)):
-        for _attempt in range(10):
-            w, h = rng.integers(size // 6, size // 2, 2)
-            x1, y1 = rng.integers(0, size - w), rng.integers(0, size - h)
-            box = np.array([x1, y1, x1 + w, y1 + h])
-            if box_iou(box, boxes) < 0.2:
-                break
-        else:
+        box = place_box(rng, size, boxes, size // 6, 0.2)
+        if box is None:
             continue
         label = int(rng.integers(len(DET_CLASSES)))
         polygon = shape_polygon(rng, DET_CLASSES[label], box)
@@ -131,13 +138,8 @@ def hard_det_image(rng: np.random.Generator, size: int):
     objects, boxes = [], []
     owner = np.full((size, size), -1, np.int32)  # which object each pixel shows
     for _ in range(rng.integers(2, 9)):
-        for _attempt in range(10):
-            w, h = rng.integers(size // 10, size // 2, 2)
-            x1, y1 = rng.integers(0, size - w), rng.integers(0, size - h)
-            box = np.array([x1, y1, x1 + w, y1 + h])
-            if box_iou(box, boxes) < 0.4:
-                break
-        else:
+        box = place_box(rng, size, boxes, size // 10, 0.4)
+        if box is None:
             continue
         label = int(rng.integers(len(HARD_DET_CLASSES)))
         polygon = shape_polygon(rng, HARD_DET_CLASSES[label], box)
