@@ -68,3 +68,9 @@ def test_demo_saves_periodically(config):
     max_iters = cfg.train_cfg.max_iters
     assert hook.get('by_epoch') is False and hook.interval * 4 <= max_iters
     assert 1 <= hook.get('max_keep_ckpts', -1) < max_iters // hook.interval
+
+
+@pytest.mark.parametrize('config', DEMO_CONFIGS, ids=osp.basename)
+def test_demo_is_seeded(config):
+    """A demo prints the same figure on every run (compare.py sets each run's seed itself)."""
+    assert Config.fromfile(config).get('randomness', {}).get('seed') is not None
