@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of identities, views and pairs (default: 0)')
     parser.add_argument('--hard', action='store_true',
-                        help='the harder variant: wider pose, occluders, stronger noise and blur')
+                        help='the harder variant: a background per view, wider pose, occluders, '
+                        'stronger colour casts, noise and blur (default: off)')
     return parser
 
 
