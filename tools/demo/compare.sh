@@ -35,7 +35,7 @@ case $TASK in
         ARMS=(configs/seg/demo/deeplabv3_r50-thin-d8-drconv-c3-c5_200i_demo-cityscapes-128x256.py)
         ;;
     face | face-hard)
-        # as tools/demo/face.sh: its data (the generator's defaults), one OpenMP thread
+        # as tools/demo/face.sh: its data (the generator's defaults, or --hard), one OpenMP thread
         DATA=data/face_demo CONFIG=configs/face/demo/arcface_mobilefacenet-thin-drconv_demo-synth
         HARD=()
         if [ "$TASK" = face-hard ]; then
@@ -47,7 +47,8 @@ case $TASK in
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
         ARMS=("$CONFIG.py") ;;
     *)
-        echo "make compare: no comparison for TASK=$TASK; use det, seg, face, det-ablation, det-hard or face-hard" >&2
+        echo "make compare: no comparison for TASK=$TASK; use det, seg, face, det-ablation," \
+             "det-hard or face-hard" >&2
         exit 2 ;;
 esac
 WORK_DIR=${WORK_DIR:-work_dirs/compare_$TASK}
