@@ -3,10 +3,10 @@
 Each identity is a procedurally drawn "face" with its own geometry, colours and marks
 (face oval, hair, eyes, brows, nose, mouth, a low-frequency skin texture and a few spots).
 Every image of an identity is a new view of it: rotation, scale, shift (pose), brightness,
-contrast and colour casts, blur and sensor noise. ``--hard`` writes a harder variant: each view on a
-background of its own (the demo's identities keep theirs), a wider pose range, stronger colour
-casts, noise and blur, and half the views partly covered by an occluder (a random rectangle, as
-sunglasses, a mask or a hand would). Output (insightface's layout)::
+contrast and colour casts, blur and sensor noise. ``--hard`` writes a harder variant: each view
+on a background of its own (the demo's identities keep theirs), a wider pose range, stronger
+colour casts, noise and blur, and half the views partly covered by an occluder (a random
+rectangle, as sunglasses, a mask or a hand would). Output (insightface's layout)::
 
     OUT/train.rec, train.idx, property      training identities (RecordIO, MS1M header)
     OUT/synth.bin                           verification pairs of held-out identities
