@@ -24,10 +24,6 @@ for marker in "$SUMMARY_START" "$SUMMARY_END" "$RESULTS"; do
   grep -qxF "$marker" BENCHMARKS.md || { echo "BENCHMARKS.md lacks the line: $marker" >&2; exit 2; }
 done
 
-# the code measured: the commit, marked when the toolkit's code differs from it
-code=$(git rev-parse --short HEAD)
-git diff --quiet HEAD -- drconv plugins configs tools || code="$code with local changes"
-
 body=$(mktemp)
 runs=()
 for run in 1 2 3; do
@@ -50,11 +46,11 @@ done
 summary=$(mktemp)
 {
   echo "$SUMMARY_START"
-  printf '\nCPU (%s, %s cores, %s threads), float32; %s, code at commit %s. Each figure is\n' \
+  printf '\nCPU (%s, %s cores, %s threads), float32; %s. Each figure is a ratio of\n' \
     "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$(nproc)" "$THREADS" \
-    "$(date -u +'%Y-%m-%d')" "$code"
-  printf 'a ratio of medians measured side by side in one process, three fresh processes; the\n'
-  printf 'full tables and the commands are under "Results" below.\n\n'
+    "$(date -u +'%Y-%m-%d')"
+  printf 'medians measured side by side in one process, three fresh processes; the full tables\n'
+  printf 'and the commands are under "Results" below.\n\n'
   $PY $B --summarize "${runs[@]}"
   echo
   echo "$SUMMARY_END"
