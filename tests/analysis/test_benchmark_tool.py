@@ -45,6 +45,21 @@ def test_peak_extra_bytes_counts_what_a_run_allocates(tool):
     assert peak == 4 * 10 ** 6
 
 
+def test_peak_extra_bytes_ignores_frees_of_earlier_blocks(tool):
+    # A block allocated while an earlier run was profiled and freed in this one (as the
+    # gradients of the previous repetition are) neither lowers nor offsets this run's peak.
+    bench = tool('analysis_tools/benchmark_drconv')
+    import torch
+    kept = []
+    bench.peak_extra_bytes(lambda: kept.append(torch.ones(1000, 1000)), torch.device('cpu'))
+
+    def replace() -> None:
+        kept.clear()
+        kept.append(torch.ones(100, 100))
+
+    assert bench.peak_extra_bytes(replace, torch.device('cpu')) == 4 * 10 ** 4
+
+
 def test_json_to_stdout_and_top2(capsys, tool):
     bench = tool('analysis_tools/benchmark_drconv')
     bench.main(['--shapes', '1,4,4,6,6,3,2', '--repeat', '1', '--warmup', '0', '--no-memory',

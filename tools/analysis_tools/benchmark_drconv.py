@@ -25,9 +25,9 @@ memory just freed); the tables give medians and their ratio to the conv of the s
 Peak extra memory (forward_backward): the most bytes the forward + backward held allocated at
 once above what was allocated before it started (the inputs and the output gradient), outputs
 and gradients included, and the op's scratch buffers (kept between calls: released before the
-run, so they are allocated and counted in it). On CPU it is the running sum of the allocator's
-allocation and free events recorded by torch.profiler (``profile_memory=True``) during one
-forward + backward; on CUDA ``max_memory_allocated`` minus ``memory_allocated`` before.
+run, so they are allocated and counted in it). On CPU it is the running sum of the allocations made during one forward +
+backward and their frees, as torch.profiler (``profile_memory=True``) records them (frees of
+blocks allocated before the run are not counted); on CUDA ``max_memory_allocated`` minus ``memory_allocated`` before.
 
 Model mode (``--model``) builds a config's model and its baseline (``--model-base-config``, by
 default the config without its DRConv entries), copies the baseline's weights into the DRConv
@@ -46,7 +46,7 @@ import random
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
@@ -301,13 +301,27 @@ def peak_extra_bytes(run: Callable[[], None], device: torch.device) -> int:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == '[memory]' and str(e.device_type()).endswith('CPU')]
+    blocks = {}  # address -> bytes of the blocks allocated during the run and still held
     live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
+    for alloc in sorted(allocation_events(prof.profiler.kineto_results.experimental_event_tree()),
+                        key=lambda event: event.start_time_ns):
+        fields = alloc.extra_fields
+        if fields.alloc_size > 0:
+            blocks[fields.ptr] = fields.alloc_size
+            live += fields.alloc_size
+            peak = max(peak, live)
+        else:  # a block allocated before the run (e.g. in an earlier profile) is not counted
+            live -= blocks.pop(fields.ptr, 0)
     return peak
+
+
+def allocation_events(events: List[Any]) -> Iterator[Any]:
+    """The CPU allocations and frees among torch.profiler's events and their children."""
+    for event in events:
+        if (type(event.extra_fields).__name__ == '_ExtraFields_Allocation'
+                and event.extra_fields.device.type == 'cpu'):
+            yield event
+        yield from allocation_events(event.children)
 
 
 def measure_memory(runs: Dict[Tuple[str, str], Callable[[], None]],
