@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace {
 
@@ -246,73 +247,128 @@ void filter_rows(const Geometry& g, const Filters& f, int64_t group, int64_t fir
   }
 }
 
-// As filter_rows for every tap: dst[(o - first_out) * out_stride + t * tap_stride + i]. Where the
-// terms are shared by the taps (the paper's generator), each term's vector is loaded once for
-// all the taps (loaded per tap, the loads took longer than the multiply-adds).
-void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t first_out,
-                 int64_t outs, int64_t first, int64_t width, float* dst, int64_t out_stride,
-                 int64_t tap_stride) {
-  constexpr int64_t TERMS_IN_REGISTERS = LANES / 2 + 4;  // 8 (AVX2), 12 (AVX-512)
+// Samples whose filters the forward forms together: the terms' vectors, loaded once, serve
+// them all, and their multiply-add chains interleave (one sample's chain alone waits on each
+// multiply-add's latency).
+constexpr int SAMPLES = 4;
+
+// filter_taps of factored filters with N terms, for the S groups `groups` of one region, group
+// s's rows at dst[s]. Each term's vector is loaded once for all the samples, and, unless the
+// terms are by tap (BY_TAP), for all the taps (loaded per tap, the loads took longer than the
+// multiply-adds), and kept in a register (indexed by a runtime count, the compiler kept them
+// in memory). Each filter value is formed as filter_rows forms it: weight + bias, then the
+// terms in order.
+template <int N, int S, bool BY_TAP>
+void factored_taps(const Geometry& g, const Filters& f, const int64_t* groups,
+                      int64_t first_out, int64_t outs, int64_t first, int64_t width,
+                      float* const* dst, int64_t out_stride, int64_t tap_stride) {
   constexpr int64_t MAX_TAPS = 64;
-  const int64_t taps = g.kh * g.kw;
+  const int64_t taps = g.kh * g.kw, K = taps * g.c_in, r = groups[0] % g.regions;
   const int64_t coef_taps = f.coef_by_tap ? taps : 1;
-  if (f.filters || f.terms_by_tap || f.n_terms > TERMS_IN_REGISTERS || coef_taps > MAX_TAPS) {
-    for (int64_t t = 0; t < taps; ++t)
-      filter_rows(g, f, group, first_out, outs, t, first, width, dst + t * tap_stride,
-                  out_stride);
-    return;
-  }
-  const int64_t K = taps * g.c_in, r = group % g.regions, n = f.n_terms;
-  float coef[TERMS_IN_REGISTERS * MAX_TAPS];
-  for (int64_t c = 0; c < n; ++c)
-    for (int64_t t = 0; t < coef_taps; ++t)
-      coef[c * coef_taps + t] = f.coef[(group * n + c) * coef_taps + t];
-  const float* terms = f.terms + (f.terms_by_region ? r : 0) * n * g.c_out * g.c_in;
+  float coef[S][N * MAX_TAPS];
+  for (int s = 0; s < S; ++s)
+    for (int64_t c = 0; c < N; ++c)
+      for (int64_t t = 0; t < coef_taps; ++t)
+        coef[s][c * coef_taps + t] = f.coef[(groups[s] * N + c) * coef_taps + t];
+  const int64_t term_k = BY_TAP ? K : g.c_in;
+  const float* terms = f.terms + (f.terms_by_region ? r : 0) * N * g.c_out * term_k;
   for (int64_t j = 0; j < outs; ++j) {
     const int64_t o = first_out + j;
     const float* w = f.weight + o * K + first;
     const float* bias = f.bias ? f.bias + (r * g.c_out + o) * g.c_in + first : nullptr;
+    const float* term_row = terms + o * term_k + first;
     for (int64_t i = 0; i < width; i += LANES) {
       const int64_t left = width - i;
-      vec term[TERMS_IN_REGISTERS];
-      for (int64_t c = 0; c < n; ++c)
-        term[c] = vload_part(terms + (c * g.c_out + o) * g.c_in + first + i, left);
+      vec term[N];
+      if (!BY_TAP)
+        for (int c = 0; c < N; ++c)
+          term[c] = vload_part(term_row + c * g.c_out * term_k + i, left);
       const vec b = bias ? vload_part(bias + i, left) : vzero();
       for (int64_t t = 0; t < taps; ++t) {
-        vec v = vadd(vload_part(w + t * g.c_in + i, left), b);
-        for (int64_t c = 0; c < n; ++c)
-          v = vfma(vset1(coef[c * coef_taps + (coef_taps > 1 ? t : 0)]), term[c], v);
-        vstore_part(dst + j * out_stride + t * tap_stride + i, v, left);
+        if (BY_TAP)
+          for (int c = 0; c < N; ++c)
+            term[c] = vload_part(term_row + c * g.c_out * term_k + t * g.c_in + i, left);
+        const vec static_part = bias ? vadd(vload_part(w + t * g.c_in + i, left), b)
+                                     : vload_part(w + t * g.c_in + i, left);
+        const int64_t at = coef_taps > 1 ? t : 0;
+        vec v[S];
+        for (int s = 0; s < S; ++s) v[s] = static_part;
+        for (int c = 0; c < N; ++c)
+          for (int s = 0; s < S; ++s)
+            v[s] = vfma(vset1(coef[s][c * coef_taps + at]), term[c], v[s]);
+        for (int s = 0; s < S; ++s)
+          vstore_part(dst[s] + j * out_stride + t * tap_stride + i, v[s], left);
       }
     }
   }
 }
 
-// A thread's panel of a group's filters (pack_panel) and a row of zeros for taps in the padding,
-// as response reads them; `rows` holds a panel's filter rows while they are formed.
+template <int S, bool BY_TAP, class... Args>
+bool with_terms(const Geometry& g, const Filters& f, Args&&... args) {
+  switch (f.n_terms) {
+    case 1: factored_taps<1, S, BY_TAP>(g, f, args...); return true;
+    case 2: factored_taps<2, S, BY_TAP>(g, f, args...); return true;
+    case 3: factored_taps<3, S, BY_TAP>(g, f, args...); return true;
+    case 4: factored_taps<4, S, BY_TAP>(g, f, args...); return true;
+    case 5: factored_taps<5, S, BY_TAP>(g, f, args...); return true;
+    case 6: factored_taps<6, S, BY_TAP>(g, f, args...); return true;
+    case 7: factored_taps<7, S, BY_TAP>(g, f, args...); return true;
+    case 8: factored_taps<8, S, BY_TAP>(g, f, args...); return true;
+    default: return false;
+  }
+}
+
+// Whether factored_taps forms f's filters: factored, with 1..8 terms.
+bool formed_in_registers(const Geometry& g, const Filters& f) {
+  return !f.filters && f.n_terms >= 1 && f.n_terms <= 8 && !(f.coef_by_tap && g.kh * g.kw > 64);
+}
+
+// Calls factored_taps<n_terms, S, terms by tap>(g, f, args...) where formed_in_registers.
+template <int S, class... Args>
+bool with_factored_taps(const Geometry& g, const Filters& f, Args&&... args) {
+  if (!formed_in_registers(g, f)) return false;
+  return f.terms_by_tap ? with_terms<S, true>(g, f, args...)
+                        : with_terms<S, false>(g, f, args...);
+}
+
+// As filter_rows for every tap: dst[(o - first_out) * out_stride + t * tap_stride + i].
+void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t first_out,
+                 int64_t outs, int64_t first, int64_t width, float* dst, int64_t out_stride,
+                 int64_t tap_stride) {
+  if (with_factored_taps<1>(g, f, &group, first_out, outs, first, width, &dst, out_stride,
+                           tap_stride))
+    return;
+  for (int64_t t = 0; t < g.kh * g.kw; ++t)
+    filter_rows(g, f, group, first_out, outs, t, first, width, dst + t * tap_stride, out_stride);
+}
+
+// A thread's panels of `samples` groups' filters (pack_panel) and a row of zeros for taps in
+// the padding, as response reads them; `rows` holds the panels' filter rows while they are
+// formed.
 struct FilterPanel {
   const Geometry& g;
   const Filters& f;
-  float* panel;
+  const int64_t size;  // floats per panel
+  float* panels;
   float* zero_row;
   float* rows;
-  FilterPanel(const Geometry& geometry, const Filters& filters)
+  FilterPanel(const Geometry& geometry, const Filters& filters, int samples)
       : g(geometry),
         f(filters),
-        panel(static_cast<float*>(
-            aligned_alloc(64, g.kh * g.kw * g.c_in * PANEL * sizeof(float)))),
+        size(g.kh * g.kw * g.c_in * PANEL),
+        panels(static_cast<float*>(aligned_alloc(64, samples * size * sizeof(float)))),
         zero_row(static_cast<float*>(calloc(g.c_in + LANES, sizeof(float)))),
-        rows(f.filters ? nullptr
-                       : static_cast<float*>(malloc(g.kh * g.kw * g.c_in * PANEL * sizeof(float)))) {
-  }
+        rows(f.filters ? nullptr : static_cast<float*>(malloc(samples * size * sizeof(float)))) {}
   ~FilterPanel() {
-    free(panel);
+    free(panels);
     free(zero_row);
     free(rows);
   }
-  bool allocated() const { return panel && zero_row && (f.filters || rows); }
-  void pack(int64_t group, int64_t first, int64_t width) {
+  bool allocated() const { return panels && zero_row && (f.filters || rows); }
+  const float* panel(int s = 0) const { return panels + s * size; }
+  void pack(int64_t group, int64_t first, int64_t width, int s = 0) {
     const int64_t K = g.kh * g.kw * g.c_in;
+    float* panel = panels + s * size;
     if (f.filters && f.in_stride == 1 && f.tap_stride == g.c_in && f.out_stride == K) {
       // rows of K in order: transposed in tiles from where they lie
       const int64_t index = f.shared ? group % g.regions : group;
@@ -332,6 +388,22 @@ struct FilterPanel {
     }
     filter_taps(g, f, group, first, width, 0, g.c_in, rows, K, g.c_in);
     pack_panel(rows, K, width, panel);
+  }
+  // Panels 0 .. n - 1 of the groups `groups` (n <= SAMPLES, all of one region).
+  void pack_groups(const int64_t* groups, int n, int64_t first, int64_t width) {
+    const int64_t K = g.kh * g.kw * g.c_in;
+    int64_t padded[SAMPLES];  // a short list padded with its last group, formed twice
+    float* dst[SAMPLES];
+    for (int s = 0; s < SAMPLES; ++s) {
+      padded[s] = groups[std::min(s, n - 1)];
+      dst[s] = rows + std::min(s, n - 1) * size;
+    }
+    if (n == 1 || !with_factored_taps<SAMPLES>(g, f, padded, first, width, 0, g.c_in, dst, K,
+                                              g.c_in)) {
+      for (int s = 0; s < n; ++s) pack(groups[s], first, width, s);
+      return;
+    }
+    for (int s = 0; s < n; ++s) pack_panel(rows + s * size, K, width, panels + s * size);
   }
 };
 
@@ -738,21 +810,31 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
   const LayerGeometry g(shape, threads);
   if (!g.pixels) return 1;
   const int64_t panels = (g.c_out + PANEL - 1) / PANEL;
+  // an item: a region, a chunk of samples (those whose filters are formed together) and a
+  // panel, the panels of a chunk and region consecutive (their pixels' input rows stay in cache)
+  const int samples = formed_in_registers(g, *filters) ? SAMPLES : 1;
+  const int64_t chunks = (g.batch + samples - 1) / samples;
   return each_item<FilterPanel>(
-      g.batch * g.regions * panels, threads,
+      chunks * g.regions * panels, threads,
       [&](FilterPanel& filter, int64_t item) {
-        const int64_t group = item / panels, first = (item % panels) * PANEL;
-        const int64_t lo = starts[group], hi = starts[group + 1];
-        if (lo == hi) return;
+        const int64_t first = (item % panels) * PANEL, region = item / panels % g.regions;
+        const int64_t b0 = item / panels / g.regions * samples;
+        int64_t groups[SAMPLES];
+        int n = 0;
+        for (int64_t b = b0; b < std::min<int64_t>(b0 + samples, g.batch); ++b)
+          if (starts[b * g.regions + region] < starts[b * g.regions + region + 1])
+            groups[n++] = b * g.regions + region;
+        if (!n) return;
         const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
-        filter.pack(group, first, width);
-        for (int64_t row = lo; row < hi; row += MAX_ROWS)
-          dispatch<OutputTile, MAX_ROWS, VECTORS>(
-              static_cast<int>(std::min<int64_t>(hi - row, MAX_ROWS)), width, g, x,
-              filter.zero_row, filter.panel, order + row, bias ? bias + first : nullptr, out,
-              first, width);
+        filter.pack_groups(groups, n, first, width);
+        for (int s = 0; s < n; ++s)
+          for (int64_t row = starts[groups[s]]; row < starts[groups[s] + 1]; row += MAX_ROWS)
+            dispatch<OutputTile, MAX_ROWS, VECTORS>(
+                static_cast<int>(std::min<int64_t>(starts[groups[s] + 1] - row, MAX_ROWS)),
+                width, g, x, filter.zero_row, filter.panel(s), order + row,
+                bias ? bias + first : nullptr, out, first, width);
       },
-      g, *filters);
+      g, *filters, samples);
 }
 
 // grad_filters = every group's filter gradient (zero for groups without pixels). One work item
@@ -891,12 +973,12 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
             for (int64_t q = 0; q < n; q += MAX_ROWS)
               dispatch<ResponseScoreTile, MAX_ROWS, VECTORS>(
                   static_cast<int>(std::min<int64_t>(n - q, MAX_ROWS)), width, g, x,
-                  filter.zero_row, filter.panel, rows + q, grad_rows, scores, region, first,
+                  filter.zero_row, filter.panel(), rows + q, grad_rows, scores, region, first,
                   width);
           }
         }
       },
-      g, filters);
+      g, filters, 1);
 }
 
 }  // namespace

@@ -35,6 +35,11 @@ CASES = [
     ('paper', 2, 5, 7, (7, 9), 3, 1, 1, 1, 4, 4),
     ('paper', 2, 20, 9, (6, 6), 1, 2, 1, 1, 3, 3),   # 1x1 with stride and padding
     ('paper', 2, 6, 18, (9, 8), (3, 1), 1, 0, 1, 2, 2),  # kh != kw
+    # the forward forms 4 samples' filters at once: 5 samples (a chunk of 4, then 1), sample 0
+    # without one region; more terms than the kernels keep in registers (formed per sample)
+    ('paper', 5, 10, 20, (6, 7), 3, 1, 1, 1, 3, 3),
+    ('bases', 5, 8, 20, (5, 6), 1, 1, 0, 1, 4, 9),
+    ('paper', 6, 12, 17, (5, 5), 3, 1, 1, 1, 10, 10),
 ]
 
 
