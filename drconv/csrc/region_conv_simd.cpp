@@ -342,9 +342,9 @@ void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t fir
     filter_rows(g, f, group, first_out, outs, t, first, width, dst + t * tap_stride, out_stride);
 }
 
-// A thread's panels of `samples` groups' filters (pack_panel) and a row of zeros for taps in
-// the padding, as response reads them; `rows` holds the panels' filter rows while they are
-// formed.
+// A thread's `count` filter panels (pack_panel: of as many groups, or of one group's output
+// channels) and a row of zeros for taps in the padding, as response reads them; `rows` holds
+// the filter rows of up to SAMPLES panels while they are formed.
 struct FilterPanel {
   const Geometry& g;
   const Filters& f;
@@ -352,13 +352,15 @@ struct FilterPanel {
   float* panels;
   float* zero_row;
   float* rows;
-  FilterPanel(const Geometry& geometry, const Filters& filters, int samples)
+  FilterPanel(const Geometry& geometry, const Filters& filters, int count)
       : g(geometry),
         f(filters),
         size(g.kh * g.kw * g.c_in * PANEL),
-        panels(static_cast<float*>(aligned_alloc(64, samples * size * sizeof(float)))),
+        panels(static_cast<float*>(aligned_alloc(64, count * size * sizeof(float)))),
         zero_row(static_cast<float*>(calloc(g.c_in + LANES, sizeof(float)))),
-        rows(f.filters ? nullptr : static_cast<float*>(malloc(samples * size * sizeof(float)))) {}
+        rows(f.filters ? nullptr
+                       : static_cast<float*>(
+                             malloc(std::min(count, SAMPLES) * size * sizeof(float)))) {}
   ~FilterPanel() {
     free(panels);
     free(zero_row);
@@ -920,6 +922,10 @@ namespace {
 // Pixels per chunk of the scores: a chunk's patches and output gradients stay in L2 while every
 // block or panel of the region's filters passes over them.
 constexpr int64_t SCORE_CHUNK = 256;
+// Bytes of a region's filter panels formed at once for the scores (each used by every chunk):
+// all of them for up to 128 channels at 3x3 (about 0.6 MB), fewer (and the chunks' patches read
+// again for each such block) for wider layers.
+constexpr int64_t SCORE_PANEL_BYTES = 1 << 20;
 
 // Scores as patch gradient times patch (PatchGradScoreTile): the product's sum runs over C_out.
 int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filters,
@@ -958,27 +964,35 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
 // The sample's pixels are taken in image order, whose neighbours share their patches' taps.
 int scores_by_responses(const Geometry& g, const float* x, const Filters& filters,
                         const float* grad_rows, float* scores, int threads) {
-  const int64_t pixels = g.h_out * g.w_out;
+  const int64_t pixels = g.h_out * g.w_out, panels = (g.c_out + PANEL - 1) / PANEL;
+  const int64_t panel_bytes = g.kh * g.kw * g.c_in * PANEL * sizeof(float);
+  const int64_t formed = std::clamp<int64_t>(SCORE_PANEL_BYTES / panel_bytes, 1, panels);
   return each_item<FilterPanel>(
       g.batch * g.regions, threads,
       [&](FilterPanel& filter, int64_t group) {
         const int64_t sample = group / g.regions, region = group % g.regions;
         int64_t rows[SCORE_CHUNK];
-        for (int64_t chunk = 0; chunk < pixels; chunk += SCORE_CHUNK) {
-          const int64_t n = std::min(pixels - chunk, SCORE_CHUNK);
-          for (int64_t q = 0; q < n; ++q) rows[q] = sample * pixels + chunk + q;
-          for (int64_t first = 0; first < g.c_out; first += PANEL) {
-            const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
-            filter.pack(group, first, width);
-            for (int64_t q = 0; q < n; q += MAX_ROWS)
-              dispatch<ResponseScoreTile, MAX_ROWS, VECTORS>(
-                  static_cast<int>(std::min<int64_t>(n - q, MAX_ROWS)), width, g, x,
-                  filter.zero_row, filter.panel(), rows + q, grad_rows, scores, region, first,
-                  width);
+        for (int64_t p0 = 0; p0 < panels; p0 += formed) {
+          const int64_t n_panels = std::min(panels - p0, formed);
+          for (int64_t p = 0; p < n_panels; ++p)
+            filter.pack(group, (p0 + p) * PANEL,
+                        std::min<int64_t>(g.c_out - (p0 + p) * PANEL, PANEL), p);
+          for (int64_t chunk = 0; chunk < pixels; chunk += SCORE_CHUNK) {
+            const int64_t n = std::min(pixels - chunk, SCORE_CHUNK);
+            for (int64_t q = 0; q < n; ++q) rows[q] = sample * pixels + chunk + q;
+            for (int64_t p = 0; p < n_panels; ++p) {
+              const int64_t first = (p0 + p) * PANEL;
+              const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
+              for (int64_t q = 0; q < n; q += MAX_ROWS)
+                dispatch<ResponseScoreTile, MAX_ROWS, VECTORS>(
+                    static_cast<int>(std::min<int64_t>(n - q, MAX_ROWS)), width, g, x,
+                    filter.zero_row, filter.panel(p), rows + q, grad_rows, scores, region,
+                    first, width);
+            }
           }
         }
       },
-      g, filters, 1);
+      g, filters, static_cast<int>(formed));
 }
 
 }  // namespace

@@ -40,6 +40,8 @@ CASES = [
     ('paper', 5, 10, 20, (6, 7), 3, 1, 1, 1, 3, 3),
     ('bases', 5, 8, 20, (5, 6), 1, 1, 0, 1, 4, 9),
     ('paper', 6, 12, 17, (5, 5), 3, 1, 1, 1, 10, 10),
+    # the scores form a region's filter panels in blocks of about 1 MB: here two blocks
+    ('paper', 2, 512, 80, (5, 5), 3, 1, 1, 1, 3, 2),
 ]
 
 
