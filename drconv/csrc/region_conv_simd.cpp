@@ -617,18 +617,19 @@ void pack_block(const float* const* rows, int64_t n, int64_t first, int64_t widt
   }
 }
 
-// A thread's packed blocks of a group's filters, one per tap: (taps, C_out, BLOCK), the tap's
-// `width` input channels from `first`, zero up to BLOCK, as patch_grad reads them.
+// A thread's packed blocks of a group's filters, `count` blocks of input channels (slots) of
+// one per tap: (count, taps, C_out, BLOCK), the tap's `width` input channels from `first`, zero
+// up to BLOCK, as patch_grad reads them.
 struct FilterBlock {
   const Geometry& g;
   const Filters& f;
   float* weights;
   float* grads;  // a tile's output gradient rows, packed (C_out, BLOCK_ROWS)
-  FilterBlock(const Geometry& geometry, const Filters& filters)
+  FilterBlock(const Geometry& geometry, const Filters& filters, int64_t count = 1)
       : g(geometry),
         f(filters),
         weights(static_cast<float*>(
-            aligned_alloc(64, g.kh * g.kw * g.c_out * BLOCK * sizeof(float)))),
+            aligned_alloc(64, count * g.kh * g.kw * g.c_out * BLOCK * sizeof(float)))),
         grads(static_cast<float*>(malloc(g.c_out * BLOCK_ROWS * sizeof(float)))) {}
   ~FilterBlock() {
     free(weights);
@@ -642,18 +643,19 @@ struct FilterBlock {
       for (int64_t c = 0; c < g.c_out; ++c) grads[c * BLOCK_ROWS + r] = row[c];
     }
   }
-  float* at(int64_t tap) const { return weights + tap * g.c_out * BLOCK; }
+  float* at(int64_t tap, int64_t slot = 0) const {
+    return weights + (slot * g.kh * g.kw + tap) * g.c_out * BLOCK;
+  }
   void pack(int64_t group, int64_t tap, int64_t first, int64_t width) {
     filter_rows(g, f, group, 0, g.c_out, tap, first, width, at(tap), BLOCK);
-    zero_tail(tap, width);
+    zero_tail(at(tap), width);
   }
-  // Every tap's block.
-  void pack_taps(int64_t group, int64_t first, int64_t width) {
-    filter_taps(g, f, group, 0, g.c_out, first, width, weights, BLOCK, g.c_out * BLOCK);
-    for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) zero_tail(tap, width);
+  // Every tap's block, into slot `slot`.
+  void pack_taps(int64_t group, int64_t first, int64_t width, int64_t slot = 0) {
+    filter_taps(g, f, group, 0, g.c_out, first, width, at(0, slot), BLOCK, g.c_out * BLOCK);
+    for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) zero_tail(at(tap, slot), width);
   }
-  void zero_tail(int64_t tap, int64_t width) {
-    float* block = at(tap);
+  void zero_tail(float* block, int64_t width) {
     if (width < BLOCK)
       for (int64_t c = 0; c < g.c_out; ++c)
         for (int64_t i = width; i < BLOCK; ++i) block[c * BLOCK + i] = 0.f;
@@ -922,26 +924,35 @@ namespace {
 // Pixels per chunk of the scores: a chunk's patches and output gradients stay in L2 while every
 // block or panel of the region's filters passes over them.
 constexpr int64_t SCORE_CHUNK = 256;
-// Bytes of a region's filter panels formed at once for the scores (each used by every chunk):
-// all of them for up to 128 channels at 3x3 (about 0.6 MB), fewer (and the chunks' patches read
-// again for each such block) for wider layers.
-constexpr int64_t SCORE_PANEL_BYTES = 1 << 20;
+// Bytes of a region's filters formed at once for the scores (each used by every chunk): by
+// responses, all its panels for up to 128 channels at 3x3 (about 0.6 MB), fewer (and the
+// chunks' patches read again for each such block) for wider layers.
+constexpr int64_t SCORE_FILTER_BYTES = 1 << 20;
 
 // Scores as patch gradient times patch (PatchGradScoreTile): the product's sum runs over C_out.
+// A region's filter blocks are formed once for all the chunks where they fit in
+// SCORE_FILTER_BYTES, else again for each chunk.
 int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filters,
                           const float* grad_rows, const int64_t* order, const int64_t* starts,
                           float* scores, float* grad_x, int threads) {
+  const int64_t blocks = (g.c_in + BLOCK - 1) / BLOCK;
+  const bool once = blocks * g.kh * g.kw * g.c_out * BLOCK * static_cast<int64_t>(sizeof(float))
+                    <= SCORE_FILTER_BYTES;
   return each_item<FilterBlock>(
       g.batch * g.regions, threads,
       [&](FilterBlock& block, int64_t group) {
         const int64_t sample = group / g.regions, region = group % g.regions;
         const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
+        if (once)
+          for (int64_t b = 0; b < blocks; ++b)
+            block.pack_taps(group, b * BLOCK, std::min<int64_t>(g.c_in - b * BLOCK, BLOCK), b);
         for (int64_t chunk = lo; chunk < hi; chunk += SCORE_CHUNK) {
           const int64_t end = std::min(hi, chunk + SCORE_CHUNK);
           for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
             for (int64_t first = 0; first < g.c_in; first += BLOCK) {
               const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
-              block.pack(group, tap, first, width);
+              if (!once) block.pack(group, tap, first, width);
+              const float* weights = once ? block.at(tap, first / BLOCK) : block.at(tap);
               for (int64_t row = chunk; row < end; row += BLOCK_ROWS) {
                 const int rows = static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS));
                 // the tile's rows of this region: x's gradient where it is the pixel's own
@@ -950,14 +961,14 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
                 const int to =
                     static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
                 dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                    rows, width, g, x, grad_rows, block.at(tap), order + row, tap / g.kw,
+                    rows, width, g, x, grad_rows, weights, order + row, tap / g.kw,
                     tap % g.kw, first, width, scores, region, from, to, grad_x);
               }
             }
           }
         }
       },
-      g, filters);
+      g, filters, once ? blocks : 1);
 }
 
 // Scores as response times output gradient (ResponseScoreTile): the product's sum runs over K.
@@ -966,7 +977,7 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
                         const float* grad_rows, float* scores, int threads) {
   const int64_t pixels = g.h_out * g.w_out, panels = (g.c_out + PANEL - 1) / PANEL;
   const int64_t panel_bytes = g.kh * g.kw * g.c_in * PANEL * sizeof(float);
-  const int64_t formed = std::clamp<int64_t>(SCORE_PANEL_BYTES / panel_bytes, 1, panels);
+  const int64_t formed = std::clamp<int64_t>(SCORE_FILTER_BYTES / panel_bytes, 1, panels);
   return each_item<FilterPanel>(
       g.batch * g.regions, threads,
       [&](FilterPanel& filter, int64_t group) {

@@ -40,8 +40,12 @@ CASES = [
     ('paper', 5, 10, 20, (6, 7), 3, 1, 1, 1, 3, 3),
     ('bases', 5, 8, 20, (5, 6), 1, 1, 0, 1, 4, 9),
     ('paper', 6, 12, 17, (5, 5), 3, 1, 1, 1, 10, 10),
-    # the scores form a region's filter panels in blocks of about 1 MB: here two blocks
+    # the scores form a region's filters once where they fit in about 1 MB: here in two blocks
+    # of panels (responses), then in blocks of input channels (patch gradients, 1x1), then too
+    # large to form once
     ('paper', 2, 512, 80, (5, 5), 3, 1, 1, 1, 3, 2),
+    ('paper', 2, 40, 64, (5, 5), 1, 1, 0, 1, 3, 2),
+    ('paper', 2, 512, 600, (4, 4), 1, 1, 0, 1, 3, 2),
 ]
 
 
