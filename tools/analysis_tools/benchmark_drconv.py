@@ -60,6 +60,11 @@ from drconv import DRConv2d, region_conv, region_conv_dense, scratch  # noqa: E4
 TARGET_SHAPES = ('8,128,128,32,32,3,8', '8,128,128,32,32,1,8')
 DET_CONFIG = osp.join(REPO_ROOT, 'configs', 'det', 'faster-rcnn_r50-drconv-c3-c5_fpn_1x_coco.py')
 MODES = ('forward', 'forward_backward')
+# glibc's malloc settings, recorded with the results: with its defaults, a block of more than
+# 128 KiB to 32 MiB (as it adapts) is returned to the system when freed, and each new one
+# costs a page fault per 4 KiB touched (in a virtual machine, up to more than a 1x1 conv's
+# arithmetic); make_benchmarks_md.sh sets them so that freed memory is kept for reuse.
+MALLOC_KNOBS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')
 GENERATORS = ('paper', 'bases')
 # Targets (ratios to the conv or the baseline) for the target shapes, and for the detection
 # model, on CPU, 2 threads, float32.
@@ -524,8 +529,10 @@ def tables(report: Dict[str, Any]) -> str:
     lines = []
     if layers:
         lines += [f"device {env['device']}, {env['threads']} threads, {env['dtype']}, torch "
-                  f"{env['torch']}, OMP_WAIT_POLICY {env['omp_wait_policy']}, median of "
-                  f"{env['repeat']} interleaved repetitions ({env['warmup']} warm-up)", '']
+                  f"{env['torch']}, OMP_WAIT_POLICY {env['omp_wait_policy']}, "
+                  + ''.join(f'{k} {v}, ' for k, v in env.get('malloc', {}).items())
+                  + f"median of {env['repeat']} interleaved repetitions ({env['warmup']} "
+                  "warm-up)", '']
         variants = sorted({k.split('/')[0] for k in layers[0]['ratio_to_conv']})
         variants = [v for v in ('region_conv', 'region_conv_top2', 'dense') if v in variants]
         head = ['op: shape B,C_in,C_out,H,W,k,m[,s]', 'conv fwd ms']
@@ -626,6 +633,7 @@ def main(argv=None) -> Dict[str, Any]:
     report = dict(environment=dict(device=str(device), threads=torch.get_num_threads(),
                                    dtype=args.dtype, torch=torch.__version__,
                                    omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', 'unset'),
+                                   malloc={k: os.environ.get(k, 'unset') for k in MALLOC_KNOBS},
                                    repeat=args.repeat, warmup=args.warmup,
                                    config=args.config, input_shape=list(args.input_shape),
                                    batch=args.batch),
