@@ -8,20 +8,21 @@
 // skipped). K is ordered (kh, kw, C_in), as the filters are. A group's filters come from a
 // Filters source: explicit per-sample filters, or DRConv2d's factored form (static weight plus
 // per-sample combinations of parameter tensors), formed where the kernels pack them.
-// - Forward: one work item is a group and a panel of output channels. The panel's filter rows
-//   are packed once, transposed to (K, PANEL); then each tile of MAX_ROWS pixels broadcasts one
-//   input value against PANEL filter values per step and writes its results to the pixels'
-//   output rows.
+// - Forward: one work item is a region, a panel of output channels and a sample, or up to four
+//   samples whose factored filters are formed together. A group's filter rows are packed once,
+//   transposed to (K, PANEL); then each tile of MAX_ROWS pixels broadcasts one input value
+//   against PANEL filter values per step and writes its results to the pixels' output rows.
 // - Filter gradient: one work item is a group; per tap and block of input channels, the
 //   pixels' values are packed, then multiplied with the group's output gradient (transposed).
 //   For factored filters one work item is a block of output channels instead, looping over the
 //   groups and reducing each group's gradient straight into the factors' gradients.
-// - Input gradient: one work item is a sample and a block of input channels; per group and tap
-//   the filters' block is packed, then each tile of pixels adds its gradient to its taps.
-// - Scores: one work item is a sample and a region; per tap and block of input channels the
-//   region's filter block is packed, then every pixel's patch gradient for that region is
-//   multiplied with its patch and added to its score (and, for 1x1 kernels, to x's gradient
-//   where the region is the pixel's own).
+// - Input gradient: one work item is a block of input channels of a sample, or of up to four
+//   samples whose factored filters are formed together; per group and tap the filters' block is
+//   packed, then each tile of pixels adds its gradient to its taps.
+// - Scores: one work item is a sample and a region; the region's filters, formed once for all
+//   the chunks of pixels where they fit in SCORE_FILTER_BYTES, meet every pixel either as
+//   responses times the output gradient or as patch gradients times the patch (then, for 1x1
+//   kernels, also added to x's gradient where the region is the pixel's own).
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -655,6 +656,23 @@ struct FilterBlock {
     filter_taps(g, f, group, 0, g.c_out, first, width, at(0, slot), BLOCK, g.c_out * BLOCK);
     for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) zero_tail(at(tap, slot), width);
   }
+  // Every tap's block of the groups `groups` (n <= SAMPLES, all of one region) into slots
+  // 0 .. n - 1, formed together where formed_in_registers.
+  void pack_groups(const int64_t* groups, int n, int64_t first, int64_t width) {
+    int64_t padded[SAMPLES];  // a short list padded with its last group, formed twice
+    float* dst[SAMPLES];
+    for (int s = 0; s < SAMPLES; ++s) {
+      padded[s] = groups[std::min(s, n - 1)];
+      dst[s] = at(0, std::min(s, n - 1));
+    }
+    if (n == 1 || !with_factored_taps<SAMPLES>(g, f, padded, 0, g.c_out, first, width, dst,
+                                              BLOCK, g.c_out * BLOCK)) {
+      for (int s = 0; s < n; ++s) pack_taps(groups[s], first, width, s);
+      return;
+    }
+    for (int s = 0; s < n; ++s)
+      for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) zero_tail(at(tap, s), width);
+  }
   void zero_tail(float* block, int64_t width) {
     if (width < BLOCK)
       for (int64_t c = 0; c < g.c_out; ++c)
@@ -896,27 +914,38 @@ extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float*
   const LayerGeometry g(shape, threads);
   if (!g.pixels) return 1;
   const int64_t blocks = (g.c_in + BLOCK - 1) / BLOCK;
+  // an item: a block of input channels of a chunk of samples (those whose filters are formed
+  // together), each sample's regions in order
+  const int samples = formed_in_registers(g, *filters) ? SAMPLES : 1;
+  const int64_t chunks = (g.batch + samples - 1) / samples;
   return each_item<FilterBlock>(
-      g.batch * blocks, threads,
+      chunks * blocks, threads,
       [&](FilterBlock& block, int64_t item) {
-        const int64_t sample = item / blocks, first = item % blocks * BLOCK;
+        const int64_t b0 = item / blocks * samples, first = item % blocks * BLOCK;
         const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
-        for (int64_t group = sample * g.regions; group < (sample + 1) * g.regions; ++group) {
-          const int64_t lo = starts[group], hi = starts[group + 1];
-          if (lo == hi) continue;
-          block.pack_taps(group, first, width);
-          // every tap of a tile before the next: its output gradient, packed once, stays in L1
-          for (int64_t row = lo; row < hi; row += BLOCK_ROWS) {
-            const int rows = static_cast<int>(std::min<int64_t>(hi - row, BLOCK_ROWS));
-            block.pack_grads(grad_rows, order + row, rows);
-            for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
-              dispatch<InputGradTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                  rows, width, g, block.grads, block.at(tap), order + row, grad_x, tap / g.kw,
-                  tap % g.kw, first, width);
+        for (int64_t region = 0; region < g.regions; ++region) {
+          int64_t groups[SAMPLES];
+          int n = 0;
+          for (int64_t b = b0; b < std::min<int64_t>(b0 + samples, g.batch); ++b)
+            if (starts[b * g.regions + region] < starts[b * g.regions + region + 1])
+              groups[n++] = b * g.regions + region;
+          if (!n) continue;
+          block.pack_groups(groups, n, first, width);
+          for (int s = 0; s < n; ++s) {
+            // every tap of a tile before the next: its output gradient, packed once, stays in L1
+            const int64_t lo = starts[groups[s]], hi = starts[groups[s] + 1];
+            for (int64_t row = lo; row < hi; row += BLOCK_ROWS) {
+              const int rows = static_cast<int>(std::min<int64_t>(hi - row, BLOCK_ROWS));
+              block.pack_grads(grad_rows, order + row, rows);
+              for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
+                dispatch<InputGradTile, BLOCK_ROWS, BLOCK_VECTORS>(
+                    rows, width, g, block.grads, block.at(tap, s), order + row, grad_x,
+                    tap / g.kw, tap % g.kw, first, width);
+            }
           }
         }
       },
-      g, *filters);
+      g, *filters, samples);
 }
 
 namespace {
