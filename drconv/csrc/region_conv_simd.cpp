@@ -779,6 +779,17 @@ void reduce_to_factors(const Geometry& g, const Filters& f, const FactorGrads& d
   }
 }
 
+// groups[0 .. n) = the groups of region `region` of samples b0 .. b0 + samples - 1 that have
+// pixels; returns n.
+int groups_with_pixels(const Geometry& g, const int64_t* starts, int64_t b0, int samples,
+                       int64_t region, int64_t* groups) {
+  int n = 0;
+  for (int64_t b = b0; b < std::min<int64_t>(b0 + samples, g.batch); ++b)
+    if (starts[b * g.regions + region] < starts[b * g.regions + region + 1])
+      groups[n++] = b * g.regions + region;
+  return n;
+}
+
 // Runs work(buffers, item) for items 0 .. n on `threads` threads, each with Buffers of its own
 // made from args. Returns 1 when a thread's buffers could not be allocated, else 0.
 template <class Buffers, class Work, class... Args>
@@ -842,10 +853,7 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
         const int64_t first = (item % panels) * PANEL, region = item / panels % g.regions;
         const int64_t b0 = item / panels / g.regions * samples;
         int64_t groups[SAMPLES];
-        int n = 0;
-        for (int64_t b = b0; b < std::min<int64_t>(b0 + samples, g.batch); ++b)
-          if (starts[b * g.regions + region] < starts[b * g.regions + region + 1])
-            groups[n++] = b * g.regions + region;
+        const int n = groups_with_pixels(g, starts, b0, samples, region, groups);
         if (!n) return;
         const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
         filter.pack_groups(groups, n, first, width);
@@ -925,10 +933,7 @@ extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float*
         const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
         for (int64_t region = 0; region < g.regions; ++region) {
           int64_t groups[SAMPLES];
-          int n = 0;
-          for (int64_t b = b0; b < std::min<int64_t>(b0 + samples, g.batch); ++b)
-            if (starts[b * g.regions + region] < starts[b * g.regions + region + 1])
-              groups[n++] = b * g.regions + region;
+          const int n = groups_with_pixels(g, starts, b0, samples, region, groups);
           if (!n) continue;
           block.pack_groups(groups, n, first, width);
           for (int s = 0; s < n; ++s) {
