@@ -29,7 +29,6 @@
 #include <string.h>
 
 #include <algorithm>
-#include <type_traits>
 
 namespace {
 
@@ -260,9 +259,9 @@ constexpr int SAMPLES = 4;
 // in memory). Each filter value is formed as filter_rows forms it: weight + bias, then the
 // terms in order.
 template <int N, int S, bool BY_TAP>
-void factored_taps(const Geometry& g, const Filters& f, const int64_t* groups,
-                      int64_t first_out, int64_t outs, int64_t first, int64_t width,
-                      float* const* dst, int64_t out_stride, int64_t tap_stride) {
+void factored_taps(const Geometry& g, const Filters& f, const int64_t* groups, int64_t first_out,
+                   int64_t outs, int64_t first, int64_t width, float* const* dst,
+                   int64_t out_stride, int64_t tap_stride) {
   constexpr int64_t MAX_TAPS = 64;
   const int64_t taps = g.kh * g.kw, K = taps * g.c_in, r = groups[0] % g.regions;
   const int64_t coef_taps = f.coef_by_tap ? taps : 1;
@@ -304,6 +303,8 @@ void factored_taps(const Geometry& g, const Filters& f, const int64_t* groups,
   }
 }
 
+// Calls factored_taps<f.n_terms, S, BY_TAP>(g, f, args...) and returns true, or returns false
+// for more than 8 terms.
 template <int S, bool BY_TAP, class... Args>
 bool with_terms(const Geometry& g, const Filters& f, Args&&... args) {
   switch (f.n_terms) {
