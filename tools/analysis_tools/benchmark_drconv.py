@@ -25,9 +25,10 @@ memory just freed); the tables give medians and their ratio to the conv of the s
 Peak extra memory (forward_backward): the most bytes the forward + backward held allocated at
 once above what was allocated before it started (the inputs and the output gradient), outputs
 and gradients included, and the op's scratch buffers (kept between calls: released before the
-run, so they are allocated and counted in it). On CPU it is the running sum of the allocations made during one forward +
-backward and their frees, as torch.profiler (``profile_memory=True``) records them (frees of
-blocks allocated before the run are not counted); on CUDA ``max_memory_allocated`` minus ``memory_allocated`` before.
+run, so they are allocated and counted in it). On CPU it is the running sum of the allocations
+made during one forward + backward and their frees, as torch.profiler (``profile_memory=True``)
+records them (frees of blocks allocated before the run are not counted); on CUDA
+``max_memory_allocated`` minus ``memory_allocated`` before.
 
 Model mode (``--model``) builds a config's model and its baseline (``--model-base-config``, by
 default the config without its DRConv entries), copies the baseline's weights into the DRConv
@@ -318,7 +319,7 @@ def peak_extra_bytes(run: Callable[[], None], device: torch.device) -> int:
             blocks[fields.ptr] = fields.alloc_size
             live += fields.alloc_size
             peak = max(peak, live)
-        else:  # a block allocated before the run (e.g. in an earlier profile) is not counted
+        else:  # a free: of a block of the run's, or of one from before it (not counted)
             live -= blocks.pop(fields.ptr, 0)
     return peak
 

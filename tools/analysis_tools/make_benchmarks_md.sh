@@ -30,8 +30,8 @@ done
 body=$(mktemp)
 runs=()
 for run in 1 2 3; do
-  cmd=(env $MALLOC $PY $B --shapes 8,128,128,32,32,3,8 --shapes 8,128,128,32,32,1,8 --layers --model $DET
-       --threads "$THREADS" --repeat "$REPEAT"
+  cmd=(env $MALLOC $PY $B --shapes 8,128,128,32,32,3,8 --shapes 8,128,128,32,32,1,8 --layers
+       --model $DET --threads "$THREADS" --repeat "$REPEAT"
        --model-repeat "$MODEL_REPEAT" --json "$OUT/run_$run.json")
   echo "running: ${cmd[*]}" >&2
   printf '\n### Run %s of 3 (a fresh process)\n\n```bash\n%s\n```\n\n' "$run" "${cmd[*]}" >> "$body"
