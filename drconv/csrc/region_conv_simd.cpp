@@ -346,7 +346,8 @@ void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t fir
 
 // A thread's `count` filter panels (pack_panel: of as many groups, or of one group's output
 // channels) and a row of zeros for taps in the padding, as response reads them; `rows` holds
-// the filter rows of up to SAMPLES panels while they are formed.
+// the filter rows of the `together` panels formed at once (pack_groups: up to SAMPLES; pack: 1)
+// while they are formed.
 struct FilterPanel {
   const Geometry& g;
   const Filters& f;
@@ -354,7 +355,7 @@ struct FilterPanel {
   float* panels;
   float* zero_row;
   float* rows;
-  FilterPanel(const Geometry& geometry, const Filters& filters, int count)
+  FilterPanel(const Geometry& geometry, const Filters& filters, int count, int together)
       : g(geometry),
         f(filters),
         size(g.kh * g.kw * g.c_in * PANEL),
@@ -362,7 +363,7 @@ struct FilterPanel {
         zero_row(static_cast<float*>(calloc(g.c_in + LANES, sizeof(float)))),
         rows(f.filters ? nullptr
                        : static_cast<float*>(
-                             malloc(std::min(count, SAMPLES) * size * sizeof(float)))) {}
+                             malloc(together * size * sizeof(float)))) {}
   ~FilterPanel() {
     free(panels);
     free(zero_row);
@@ -865,7 +866,7 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
                 width, g, x, filter.zero_row, filter.panel(s), order + row,
                 bias ? bias + first : nullptr, out, first, width);
       },
-      g, *filters, samples);
+      g, *filters, samples, samples);
 }
 
 // grad_filters = every group's filter gradient (zero for groups without pixels). One work item
@@ -1038,7 +1039,7 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
           }
         }
       },
-      g, filters, static_cast<int>(formed));
+      g, filters, static_cast<int>(formed), 1);
 }
 
 }  // namespace
