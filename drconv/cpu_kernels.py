@@ -122,6 +122,8 @@ def library() -> Optional[ctypes.CDLL]:
     pointer, size, source = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(FilterSource)
     lib.drconv_region_forward_f32.argtypes = [pointer, source] + [pointer] * 5 + [ctypes.c_int]
     lib.drconv_region_of.argtypes = [pointer, size, size, size, pointer, ctypes.c_int]
+    lib.drconv_shifted_sum_f32.argtypes = [pointer, pointer, pointer, pointer, ctypes.c_int]
+    lib.drconv_shifted_sum_f32.restype = None
     lib.drconv_region_of.restype = None
     lib.drconv_transpose_f32.argtypes = [pointer, pointer, size, size, size, ctypes.c_int]
     lib.drconv_transpose_f32.restype = None
@@ -240,6 +242,33 @@ def region_of(guide: Tensor) -> Tensor:
     library().drconv_region_of(guide.data_ptr(), b, m, region.shape[1], region.data_ptr(),
                                torch.get_num_threads())
     return region
+
+
+def shifted_sum(taps: Tensor, bias: Optional[Tensor], out_size: Tuple[int, int],
+                geo: Geometry) -> Tensor:
+    """The guide conv's sum of shifted taps with the kernel, the same floats as
+    :func:`drconv.guide_conv.shifted_sum_conv2d`'s PyTorch path.
+
+    Args:
+        taps (Tensor[B, kh, kw, m, H, W]): every tap's 1x1 products, float32, contiguous.
+        bias (Tensor[m]): added last, if given.
+        out_size (Tuple[int, int]): (H_out, W_out).
+        geo (Geometry): kernel, stride, padding, dilation.
+
+    Returns:
+        Tensor[B, m, H_out, W_out]: ``out[b, r, oh, ow]``, the sum over taps (i, j) of
+        ``taps[b, i, j, r, oh * sh + i * dh - ph, ow * sw + j * dw - pw]`` (zero outside x),
+        plus ``bias[r]``.
+    """
+    b, kh, kw, m, h, w = taps.shape
+    out = taps.new_empty(b, m, *out_size)
+    shape = torch.tensor([b, kh, kw, m, h, w, *out_size, *geo.stride, *geo.padding,
+                          *geo.dilation], dtype=torch.int64)
+    bias = bias.contiguous() if bias is not None else None  # referenced: a pointer
+    library().drconv_shifted_sum_f32(taps.data_ptr(), bias.data_ptr() if bias is not None
+                                     else None, out.data_ptr(), shape.data_ptr(),
+                                     torch.get_num_threads())
+    return out
 
 
 def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: Tensor,

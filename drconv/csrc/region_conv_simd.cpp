@@ -1083,6 +1083,38 @@ extern "C" void drconv_transpose_f32(const float* x, float* out, int64_t batch, 
         out[(b * cols + j) * rows + i] = x[(b * rows + i) * cols + j];
 }
 
+// The guide conv's shifted sum (drconv/guide_conv.py), out (B, m, H_out, W_out): each tap
+// (i, j)'s products taps (B, kh, kw, m, H, W) at input pixel (oh * sh + i * dh - ph,
+// ow * sw + j * dw - pw) summed from zero in tap order, then bias[r] added (unless null): the
+// very float additions, in the same order, of the PyTorch path's sum of padded slices (a tap in
+// the padding adds a zero, which changes no sum from zero: such a sum is never -0). shape: B,
+// kh, kw, m, H, W, H_out, W_out, sh, sw, ph, pw, dh, dw. One work item is an output row.
+extern "C" void drconv_shifted_sum_f32(const float* taps, const float* bias, float* out,
+                                       const int64_t* shape, int threads) {
+  const int64_t batch = shape[0], kh = shape[1], kw = shape[2], m = shape[3], h = shape[4];
+  const int64_t w = shape[5], h_out = shape[6], w_out = shape[7], sh = shape[8], sw = shape[9];
+  const int64_t ph = shape[10], pw = shape[11], dh = shape[12], dw = shape[13];
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t item = 0; item < batch * m * h_out; ++item) {
+    const int64_t oh = item % h_out, r = item / h_out % m, n = item / h_out / m;
+    float* row = out + item * w_out;
+    for (int64_t ow = 0; ow < w_out; ++ow) row[ow] = 0.0f;
+    for (int64_t i = 0; i < kh; ++i) {
+      const int64_t ih = oh * sh + i * dh - ph;
+      if (ih < 0 || ih >= h) continue;
+      for (int64_t j = 0; j < kw; ++j) {
+        const int64_t shift = j * dw - pw;  // input column of ow: ow * sw + shift
+        const int64_t first = shift >= 0 ? 0 : (-shift + sw - 1) / sw;
+        const int64_t end = w - shift <= 0 ? 0 : std::min(w_out, (w - shift - 1) / sw + 1);
+        const float* tap = taps + ((((n * kh + i) * kw + j) * m + r) * h + ih) * w;
+        for (int64_t ow = first; ow < end; ++ow) row[ow] += tap[ow * sw + shift];
+      }
+    }
+    if (bias)
+      for (int64_t ow = 0; ow < w_out; ++ow) row[ow] += bias[r];
+  }
+}
+
 // region (B, L) = the first of the m largest guide logits (B, m, L) of each pixel, NaN counting
 // as the largest, as torch's max does.
 extern "C" void drconv_region_of(const float* guide, int64_t batch, int64_t regions,

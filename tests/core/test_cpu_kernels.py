@@ -154,6 +154,39 @@ def test_transpose(shape):
 
 
 @needs_kernel
+@pytest.mark.parametrize('k,stride,padding,dilation', [
+    ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 5), (1, 1), (1, 2), (1, 1)),
+    ((3, 3), (2, 2), (2, 2), (2, 2)), ((1, 1), (1, 1), (1, 1), (1, 1)),
+    ((3, 3), (1, 2), (0, 4), (1, 1)), ((5, 5), (3, 1), (2, 2), (1, 3))])
+@pytest.mark.parametrize('bias', [True, False])
+def test_guide_shifted_sum_is_the_pytorch_paths_bit_for_bit(monkeypatch, k, stride, padding,
+                                                            dilation, bias):
+    """The kernel's shifted sum adds the very floats of the PyTorch path, in its order: the
+    guide (and so the regions) are the same to the bit; also with -0, inf and NaN taps."""
+    from drconv.guide_conv import shifted_sum_conv2d
+    from drconv.patches import Geometry
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 9, 11, generator=gen)
+    x[0, :, 0, 0] = -0.0
+    x[1, 0, 2, 3], x[1, 1, 4, 5] = float('inf'), float('nan')
+    weight = torch.randn(4, 7, *k, generator=gen)
+    b = torch.randn(4, generator=gen) if bias else None
+    geo = Geometry(k, stride, padding, dilation)
+    ran = []
+    monkeypatch.setattr(cpu_kernels, 'shifted_sum',
+                        lambda *a, real=cpu_kernels.shifted_sum: ran.append(1) or real(*a))
+    got = shifted_sum_conv2d(x, weight, geo, b)
+    assert ran, 'the kernel did not run'
+    monkeypatch.setattr(cpu_kernels, 'is_available', lambda t: False)
+    want = shifted_sum_conv2d(x, weight, geo, b)
+    assert got.shape == want.shape
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    torch.testing.assert_close(
+        got.nan_to_num(), torch.nn.functional.conv2d(x, weight, b, stride, padding, dilation)
+        .nan_to_num(), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
 def test_sort_by_group_is_a_stable_sort():
     region = torch.randint(0, 5, (3, 41), generator=torch.Generator().manual_seed(0))
     region[1] = 2  # one sample in a single group
