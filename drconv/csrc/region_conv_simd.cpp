@@ -347,7 +347,7 @@ void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t fir
 // A thread's `count` filter panels (pack_panel: of as many groups, or of one group's output
 // channels) and a row of zeros for taps in the padding, as response reads them; `rows` holds
 // the filter rows of the `together` panels formed at once (pack_groups: up to SAMPLES; pack: 1)
-// while they are formed.
+// while they are formed, or of explicit filters in another layout while they are gathered.
 struct FilterPanel {
   const Geometry& g;
   const Filters& f;
@@ -361,15 +361,13 @@ struct FilterPanel {
         size(g.kh * g.kw * g.c_in * PANEL),
         panels(static_cast<float*>(aligned_alloc(64, count * size * sizeof(float)))),
         zero_row(static_cast<float*>(calloc(g.c_in + LANES, sizeof(float)))),
-        rows(f.filters ? nullptr
-                       : static_cast<float*>(
-                             malloc(together * size * sizeof(float)))) {}
+        rows(static_cast<float*>(malloc(together * size * sizeof(float)))) {}
   ~FilterPanel() {
     free(panels);
     free(zero_row);
     free(rows);
   }
-  bool allocated() const { return panels && zero_row && (f.filters || rows); }
+  bool allocated() const { return panels && zero_row && rows; }
   const float* panel(int s = 0) const { return panels + s * size; }
   void pack(int64_t group, int64_t first, int64_t width, int s = 0) {
     const int64_t K = g.kh * g.kw * g.c_in;
@@ -380,18 +378,25 @@ struct FilterPanel {
       pack_panel(f.filters + index * f.group_stride + first * K, K, width, panel);
       return;
     }
-    if (f.filters) {  // any other strides: gathered
+    if (f.filters) {  // any other strides: each row gathered into rows of K in order
       const float* src = f.filters + (f.shared ? group % g.regions : group) * f.group_stride;
-      for (int64_t j = 0; j < PANEL; ++j) {
+      const int64_t taps = g.kh * g.kw;
+      for (int64_t j = 0; j < width; ++j) {
         const float* row = src + (first + j) * f.out_stride;
-        for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
+        float* dst = rows + j * K;
+        if (f.tap_stride < f.in_stride) {  // e.g. (C_in, kh, kw): read in memory order
           for (int64_t i = 0; i < g.c_in; ++i)
-            panel[(tap * g.c_in + i) * PANEL + j] =
-                j < width ? row[tap * f.tap_stride + i * f.in_stride] : 0.f;
+            for (int64_t tap = 0; tap < taps; ++tap)
+              dst[tap * g.c_in + i] = row[tap * f.tap_stride + i * f.in_stride];
+        } else {
+          for (int64_t tap = 0; tap < taps; ++tap)
+            for (int64_t i = 0; i < g.c_in; ++i)
+              dst[tap * g.c_in + i] = row[tap * f.tap_stride + i * f.in_stride];
+        }
       }
-      return;
+    } else {
+      filter_taps(g, f, group, first, width, 0, g.c_in, rows, K, g.c_in);
     }
-    filter_taps(g, f, group, first, width, 0, g.c_in, rows, K, g.c_in);
     pack_panel(rows, K, width, panel);
   }
   // Panels 0 .. n - 1 of the groups `groups` (n <= SAMPLES, all of one region).
