@@ -189,11 +189,12 @@ def test_repeats_exactly():
 
 
 @needs_kernel
-@pytest.mark.parametrize('layout', ['contiguous', 'k_ordered', 'sliced', 'regions_outer'])
+@pytest.mark.parametrize('layout', ['contiguous', 'k_ordered', 'sliced', 'k_ordered_sliced',
+                                    'regions_outer'])
 def test_region_conv_reads_any_weight_layout(layout):
     """A plain contiguous (B, m, C_out, C_in, kh, kw) weight is read where it lies (no copy),
-    as are DRConv2d's (kh, kw, C_in) order and sliced channels; a weight whose sample and region
-    dims cannot be read as one is copied once."""
+    as are DRConv2d's (kh, kw, C_in) order and sliced channels (in either order); a weight whose
+    sample and region dims cannot be read as one is copied once."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, 7, 7, generator=gen)
     weight = torch.randn(2, 3, 5, 6, 3, 3, generator=gen)
@@ -205,6 +206,10 @@ def test_region_conv_reads_any_weight_layout(layout):
         wide = torch.zeros(2, 3, 10, 6, 3, 3)
         wide[:, :, ::2] = weight
         weight = wide[:, :, ::2]
+    elif layout == 'k_ordered_sliced':
+        wide = torch.zeros(2, 3, 10, 3, 3, 6)
+        wide[:, :, ::2] = weight.permute(0, 1, 2, 4, 5, 3)
+        weight = wide[:, :, ::2].permute(0, 1, 2, 5, 3, 4)
     elif layout == 'regions_outer':
         weight = weight.transpose(0, 1).contiguous().transpose(0, 1)
     source = cpu_kernels.explicit_source(weight)
