@@ -532,21 +532,21 @@ struct FilterGradTile {
   }
 };
 
-// Patch gradient: `acc` = the ROWS sorted pixels' output gradient (rows of grad_rows) times the
-// packed block of one tap's `width` input channels of a group's filters (`weights`:
-// (C_out, BLOCK)), the pixels' patch gradient at those channels.
+// Patch gradient: `acc` = the ROWS sorted pixels' output gradient, packed (`grads`: (C_out,
+// BLOCK_ROWS)), times the packed block of one tap's `width` input channels of a group's filters
+// (`weights`: (C_out, BLOCK)), the pixels' patch gradient at those channels. The gradient read
+// through one pointer, the loop keeps the block's filter vectors in registers (through ROWS
+// row pointers it ran out of them).
 template <int ROWS, int V>
-inline void patch_grad(const Geometry& g, const float* grad_rows, const float* weights,
-                       const int64_t* rows, vec (&acc)[ROWS][V]) {
+inline void patch_grad(const Geometry& g, const float* grads, const float* weights,
+                       vec (&acc)[ROWS][V]) {
   for (int r = 0; r < ROWS; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = vzero();
-  const float* grads[ROWS];
-  for (int r = 0; r < ROWS; ++r) grads[r] = grad_rows + rows[r] * g.c_out;
-  for (int64_t c = 0; c < g.c_out; ++c) {
+  for (int64_t c = 0; c < g.c_out; ++c, grads += BLOCK_ROWS, weights += BLOCK) {
     vec wv[V];
-    for (int v = 0; v < V; ++v) wv[v] = vload(weights + c * BLOCK + LANES * v);
+    for (int v = 0; v < V; ++v) wv[v] = vload(weights + LANES * v);
     for (int r = 0; r < ROWS; ++r) {
-      const vec gv = vset1(grads[r][c]);
+      const vec gv = vset1(grads[r]);
       for (int v = 0; v < V; ++v) acc[r][v] = vfma(gv, wv[v], acc[r][v]);
     }
   }
@@ -562,25 +562,15 @@ inline void add_to(float* t, const vec (&sum)[V], int64_t width) {
 }
 
 // Input gradient: `width` input channels (from `first`) of tap (i, j) of the ROWS sorted pixels
-// `rows`, their patch gradient, added to grad_x (B, H, W, C_in). Their output gradient comes
-// packed, grads (C_out, BLOCK_ROWS): read through one pointer, its loop keeps the block's
-// filter vectors in registers (through ROWS row pointers it ran out of them).
+// `rows`, their patch gradient (their output gradient packed in `grads`, as patch_grad reads
+// it), added to grad_x (B, H, W, C_in).
 template <int ROWS, int V>
 struct InputGradTile {
   static void run(const Geometry& g, const float* grads, const float* weights,
                   const int64_t* rows, float* grad_x, int64_t i, int64_t j, int64_t first,
                   int64_t width) {
     vec acc[ROWS][V];
-    for (int r = 0; r < ROWS; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = vzero();
-    for (int64_t c = 0; c < g.c_out; ++c, grads += BLOCK_ROWS, weights += BLOCK) {
-      vec wv[V];
-      for (int v = 0; v < V; ++v) wv[v] = vload(weights + LANES * v);
-      for (int r = 0; r < ROWS; ++r) {
-        const vec gv = vset1(grads[r]);
-        for (int v = 0; v < V; ++v) acc[r][v] = vfma(gv, wv[v], acc[r][v]);
-      }
-    }
+    patch_grad(g, grads, weights, acc);
     for (int r = 0; r < ROWS; ++r) {
       float* t = tap_of(g, grad_x, rows[r], i, j);
       if (t) add_to(t + first, acc[r], width);
@@ -590,18 +580,18 @@ struct InputGradTile {
 
 // Region scores: for the ROWS sorted pixels `rows` and one region, the part of
 // s = <output gradient, region's response> = <patch gradient, patch> from `width` input channels
-// (from `first`) of tap (i, j), added to scores[row * m + region]. The region's filters are packed
-// in `weights` as for patch_grad. Rows selected_from .. selected_to of the tile belong to the
-// region: with grad_x (1x1 kernels, where no two pixels share an input pixel), their patch
-// gradient, x's, is added to it.
+// (from `first`) of tap (i, j), added to scores[row * m + region]. Their output gradient and
+// the region's filters come packed in `grads` and `weights` as patch_grad reads them. Rows
+// selected_from .. selected_to of the tile belong to the region: with grad_x (1x1 kernels, where
+// no two pixels share an input pixel), their patch gradient, x's, is added to it.
 template <int ROWS, int V>
 struct PatchGradScoreTile {
-  static void run(const Geometry& g, const float* x, const float* grad_rows, const float* weights,
+  static void run(const Geometry& g, const float* x, const float* grads, const float* weights,
                   const int64_t* rows, int64_t i, int64_t j, int64_t first, int64_t width,
                   float* scores, int64_t region, int selected_from, int selected_to,
                   float* grad_x) {
     vec acc[ROWS][V];
-    patch_grad(g, grad_rows, weights, rows, acc);
+    patch_grad(g, grads, weights, acc);
     for (int r = 0; r < ROWS; ++r) {
       const float* t = tap_of(g, x, rows[r], i, j);
       if (!t) continue;
@@ -627,28 +617,34 @@ void pack_block(const float* const* rows, int64_t n, int64_t first, int64_t widt
 
 // A thread's packed blocks of a group's filters, `count` blocks of input channels (slots) of
 // one per tap: (count, taps, C_out, BLOCK), the tap's `width` input channels from `first`, zero
-// up to BLOCK, as patch_grad reads them.
+// up to BLOCK, as patch_grad reads them; and the output gradient rows of `tiles` tiles of
+// pixels, each packed (C_out, BLOCK_ROWS).
 struct FilterBlock {
   const Geometry& g;
   const Filters& f;
   float* weights;
-  float* grads;  // a tile's output gradient rows, packed (C_out, BLOCK_ROWS)
-  FilterBlock(const Geometry& geometry, const Filters& filters, int64_t count = 1)
+  float* grads;
+  FilterBlock(const Geometry& geometry, const Filters& filters, int64_t count = 1,
+              int64_t tiles = 1)
       : g(geometry),
         f(filters),
         weights(static_cast<float*>(
             aligned_alloc(64, count * g.kh * g.kw * g.c_out * BLOCK * sizeof(float)))),
-        grads(static_cast<float*>(malloc(g.c_out * BLOCK_ROWS * sizeof(float)))) {}
+        grads(static_cast<float*>(malloc(tiles * g.c_out * BLOCK_ROWS * sizeof(float)))) {}
   ~FilterBlock() {
     free(weights);
     free(grads);
   }
   bool allocated() const { return weights && grads; }
-  // grads[c * BLOCK_ROWS + r] = the output gradient of sorted row rows[r] (r < n) at channel c.
-  void pack_grads(const float* grad_rows, const int64_t* rows, int n) {
+  // Tile `tile`'s packed output gradient.
+  float* tile_grads(int64_t tile = 0) const { return grads + tile * g.c_out * BLOCK_ROWS; }
+  // tile_grads(tile)[c * BLOCK_ROWS + r] = the output gradient of sorted row rows[r] (r < n) at
+  // channel c.
+  void pack_grads(const float* grad_rows, const int64_t* rows, int n, int64_t tile = 0) {
+    float* dst = tile_grads(tile);
     for (int r = 0; r < n; ++r) {
       const float* row = grad_rows + rows[r] * g.c_out;
-      for (int64_t c = 0; c < g.c_out; ++c) grads[c * BLOCK_ROWS + r] = row[c];
+      for (int64_t c = 0; c < g.c_out; ++c) dst[c * BLOCK_ROWS + r] = row[c];
     }
   }
   float* at(int64_t tap, int64_t slot = 0) const {
@@ -951,7 +947,7 @@ extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float*
               block.pack_grads(grad_rows, order + row, rows);
               for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
                 dispatch<InputGradTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                    rows, width, g, block.grads, block.at(tap, s), order + row, grad_x,
+                    rows, width, g, block.tile_grads(), block.at(tap, s), order + row, grad_x,
                     tap / g.kw, tap % g.kw, first, width);
             }
           }
@@ -964,7 +960,7 @@ namespace {
 
 // Pixels per chunk of the scores: a chunk's patches and output gradients stay in L2 while every
 // block or panel of the region's filters passes over them.
-constexpr int64_t SCORE_CHUNK = 256;
+constexpr int64_t SCORE_CHUNK = 256, SCORE_TILES = (SCORE_CHUNK + BLOCK_ROWS - 1) / BLOCK_ROWS;
 // Bytes of a region's filters formed at once for the scores (each used by every chunk): by
 // responses, all its panels for up to 128 channels at 3x3 (about 0.6 MB), fewer (and the
 // chunks' patches read again for each such block) for wider layers.
@@ -989,12 +985,16 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
             block.pack_taps(group, b * BLOCK, std::min<int64_t>(g.c_in - b * BLOCK, BLOCK), b);
         for (int64_t chunk = lo; chunk < hi; chunk += SCORE_CHUNK) {
           const int64_t end = std::min(hi, chunk + SCORE_CHUNK);
+          // the chunk's output gradient, packed once for every tap and block
+          for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile)
+            block.pack_grads(grad_rows, order + row,
+                             static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS)), tile);
           for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
             for (int64_t first = 0; first < g.c_in; first += BLOCK) {
               const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
               if (!once) block.pack(group, tap, first, width);
               const float* weights = once ? block.at(tap, first / BLOCK) : block.at(tap);
-              for (int64_t row = chunk; row < end; row += BLOCK_ROWS) {
+              for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile) {
                 const int rows = static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS));
                 // the tile's rows of this region: x's gradient where it is the pixel's own
                 const int from =
@@ -1002,14 +1002,14 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
                 const int to =
                     static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
                 dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                    rows, width, g, x, grad_rows, weights, order + row, tap / g.kw,
+                    rows, width, g, x, block.tile_grads(tile), weights, order + row, tap / g.kw,
                     tap % g.kw, first, width, scores, region, from, to, grad_x);
               }
             }
           }
         }
       },
-      g, filters, once ? blocks : 1);
+      g, filters, once ? blocks : 1, SCORE_TILES);
 }
 
 // Scores as response times output gradient (ResponseScoreTile): the product's sum runs over K.
