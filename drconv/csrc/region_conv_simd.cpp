@@ -509,11 +509,11 @@ struct ResponseScoreTile {
 // filter's taps) fall into a few cache sets and evict each other.
 
 // Filter gradient: output channels j0 .. j0 + ROWS by `width` input channels of one tap, summed
-// over a group's n pixels: patches (n, BLOCK) packed, grads_t (ROWS, n) the output gradient's
-// rows j0.. of the group, transposed. Written to out, rows K apart.
+// over a group's n pixels: patches (n, BLOCK) packed, grads (n, BLOCK_ROWS) the output
+// gradient of the group's pixels at channels j0.., packed. Written to out, rows K apart.
 template <int ROWS, int V>
 struct FilterGradTile {
-  static void run(const float* patches, const float* grads_t, int64_t n, float* out, int64_t K,
+  static void run(const float* patches, const float* grads, int64_t n, float* out, int64_t K,
                   int64_t width) {
     vec acc[ROWS][V];
     for (int r = 0; r < ROWS; ++r)
@@ -522,7 +522,7 @@ struct FilterGradTile {
       vec xv[V];
       for (int v = 0; v < V; ++v) xv[v] = vload(patches + q * BLOCK + LANES * v);
       for (int r = 0; r < ROWS; ++r) {
-        const vec gv = vset1(grads_t[r * n + q]);
+        const vec gv = vset1(grads[q * BLOCK_ROWS + r]);
         for (int v = 0; v < V; ++v) acc[r][v] = vfma(gv, xv[v], acc[r][v]);
       }
     }
@@ -684,28 +684,30 @@ struct FilterBlock {
 };
 
 // A thread's buffers for a filter gradient of `rows` output channels: the group's output
-// gradient transposed, (rows, n), one tap's block of its pixels' values, (n, BLOCK), the
-// pixels' taps, and (factored filters) the group's gradient block, (rows, K).
+// gradient packed in tiles of BLOCK_ROWS channels, (tiles, n, BLOCK_ROWS), one tap's block of its
+// pixels' values, (n, BLOCK), the pixels' taps, and (factored filters) the group's gradient
+// block, (rows, K).
 struct GroupPatches {
-  float* grads_t;
+  float* grads;
   float* patches;
   const float** taps;
   float* block;
   bool with_block;
   GroupPatches(const Geometry& g, int64_t rows, bool block_too)
-      : grads_t(static_cast<float*>(malloc(rows * g.h_out * g.w_out * sizeof(float)))),
+      : grads(static_cast<float*>(malloc((rows + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS *
+                                         g.h_out * g.w_out * sizeof(float)))),
         patches(static_cast<float*>(aligned_alloc(64, g.h_out * g.w_out * BLOCK * sizeof(float)))),
         taps(static_cast<const float**>(malloc(g.h_out * g.w_out * sizeof(float*)))),
         block(block_too ? static_cast<float*>(malloc(rows * g.kh * g.kw * g.c_in * sizeof(float)))
                         : nullptr),
         with_block(block_too) {}
   ~GroupPatches() {
-    free(grads_t);
+    free(grads);
     free(patches);
     free(taps);
     free(block);
   }
-  bool allocated() const { return grads_t && patches && taps && (block || !with_block); }
+  bool allocated() const { return grads && patches && taps && (block || !with_block); }
 };
 
 // out (rows, K, rows K apart) = the gradient of output channels first .. first + rows of group
@@ -716,7 +718,9 @@ void group_filter_grad(const Geometry& g, const float* x, const float* grad_rows
   const int64_t K = g.kh * g.kw * g.c_in, lo = starts[group], n = starts[group + 1] - lo;
   for (int64_t q = 0; q < n; ++q) {
     const float* row = grad_rows + order[lo + q] * g.c_out + first;
-    for (int64_t c = 0; c < rows; ++c) buffers.grads_t[c * n + q] = row[c];
+    for (int64_t j0 = 0; j0 < rows; j0 += BLOCK_ROWS)  // tile j0 / BLOCK_ROWS starts at j0 * n
+      for (int64_t r = 0; r < std::min<int64_t>(rows - j0, BLOCK_ROWS); ++r)
+        buffers.grads[(j0 * n + q * BLOCK_ROWS) + r] = row[j0 + r];
   }
   for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
     for (int64_t q = 0; q < n; ++q)
@@ -727,7 +731,7 @@ void group_filter_grad(const Geometry& g, const float* x, const float* grad_rows
       for (int64_t j0 = 0; j0 < rows; j0 += BLOCK_ROWS)
         dispatch<FilterGradTile, BLOCK_ROWS, BLOCK_VECTORS>(
             static_cast<int>(std::min<int64_t>(rows - j0, BLOCK_ROWS)), width, buffers.patches,
-            buffers.grads_t + j0 * n, n, out + j0 * K + tap * g.c_in + from, K, width);
+            buffers.grads + j0 * n, n, out + j0 * K + tap * g.c_in + from, K, width);
     }
   }
 }
