@@ -532,14 +532,17 @@ struct FilterGradTile {
   }
 };
 
-// Patch gradient: `acc` = the ROWS sorted pixels' output gradient, packed (`grads`: (C_out,
+// Patch gradient: `out` = the ROWS sorted pixels' output gradient, packed (`grads`: (C_out,
 // BLOCK_ROWS)), times the packed block of one tap's `width` input channels of a group's filters
 // (`weights`: (C_out, BLOCK)), the pixels' patch gradient at those channels. The gradient read
 // through one pointer, the loop keeps the block's filter vectors in registers (through ROWS
-// row pointers it ran out of them).
+// row pointers it ran out of them). Not inlined, with accumulators of its own, as response:
+// inlined, the compiler loaded each filter vector ROWS times (folded into the multiply-adds)
+// or kept accumulators in memory.
 template <int ROWS, int V>
-inline void patch_grad(const Geometry& g, const float* grads, const float* weights,
-                       vec (&acc)[ROWS][V]) {
+__attribute__((noinline)) void patch_grad(const Geometry& g, const float* grads,
+                                          const float* weights, vec (&out)[ROWS][V]) {
+  vec acc[ROWS][V];
   for (int r = 0; r < ROWS; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = vzero();
   for (int64_t c = 0; c < g.c_out; ++c, grads += BLOCK_ROWS, weights += BLOCK) {
@@ -550,6 +553,8 @@ inline void patch_grad(const Geometry& g, const float* grads, const float* weigh
       for (int v = 0; v < V; ++v) acc[r][v] = vfma(gv, wv[v], acc[r][v]);
     }
   }
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < V; ++v) out[r][v] = acc[r][v];
 }
 
 // t[0 .. width) += sum.
