@@ -33,9 +33,13 @@ def shifted_sum_conv2d(x: Tensor, weight: Tensor, geo: Geometry,
     # bmm of the expanded weight: torch.matmul would copy x into a transposed layout first
     taps = torch.bmm(weight.permute(2, 3, 0, 1).reshape(1, kh * kw * m, c_in).expand(b, -1, -1),
                      x.reshape(b, c_in, h * w)).view(b, kh, kw, m, h, w)
+    # the kernel's sum has no autograd: it runs where no gradient is recorded (GuideConvFunction)
+    recorded = torch.is_grad_enabled() and (taps.requires_grad
+                                            or (bias is not None and bias.requires_grad))
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         out = taps.view(b, m, h, w)
-    elif cpu_kernels.is_available(taps) and (bias is None or bias.dtype == taps.dtype):
+    elif (cpu_kernels.is_available(taps) and not recorded
+          and (bias is None or bias.dtype == taps.dtype)):
         return cpu_kernels.shifted_sum(taps, bias, (h_out, w_out), geo)
     else:
         taps = F.pad(taps, (pw, pw, ph, ph))

@@ -187,6 +187,28 @@ def test_guide_shifted_sum_is_the_pytorch_paths_bit_for_bit(monkeypatch, k, stri
 
 
 @needs_kernel
+def test_guide_shifted_sum_keeps_autograd():
+    """Called where autograd records (outside GuideConvFunction), the shifted sum still gives
+    conv's gradients (the PyTorch path: the kernel's sum records none)."""
+    from drconv.guide_conv import shifted_sum_conv2d
+    from drconv.patches import Geometry
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 7, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(4, 5, 3, 3, generator=gen, requires_grad=True)
+    bias = torch.randn(4, generator=gen, requires_grad=True)
+    grads = []
+    for run in (lambda: shifted_sum_conv2d(x, weight, Geometry((3, 3), (1, 1), (1, 1), (1, 1)),
+                                           bias),
+                lambda: torch.nn.functional.conv2d(x, weight, bias, 1, 1)):
+        run().square().sum().backward()
+        grads.append([t.grad.clone() for t in (x, weight, bias)])
+        for t in (x, weight, bias):
+            t.grad = None
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
 def test_sort_by_group_is_a_stable_sort():
     region = torch.randint(0, 5, (3, 41), generator=torch.Generator().manual_seed(0))
     region[1] = 2  # one sample in a single group
