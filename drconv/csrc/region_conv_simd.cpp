@@ -665,21 +665,22 @@ struct FilterBlock {
     for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) zero_tail(at(tap, slot), width);
   }
   // Every tap's block of the groups `groups` (n <= SAMPLES, all of one region) into slots
-  // 0 .. n - 1, formed together where formed_in_registers.
-  void pack_groups(const int64_t* groups, int n, int64_t first, int64_t width) {
+  // slot0 .. slot0 + n - 1, formed together where formed_in_registers.
+  void pack_groups(const int64_t* groups, int n, int64_t first, int64_t width,
+                   int64_t slot0 = 0) {
     int64_t padded[SAMPLES];  // a short list padded with its last group, formed twice
     float* dst[SAMPLES];
     for (int s = 0; s < SAMPLES; ++s) {
       padded[s] = groups[std::min(s, n - 1)];
-      dst[s] = at(0, std::min(s, n - 1));
+      dst[s] = at(0, slot0 + std::min(s, n - 1));
     }
     if (n == 1 || !with_factored_taps<SAMPLES>(g, f, padded, 0, g.c_out, first, width, dst,
                                               BLOCK, g.c_out * BLOCK)) {
-      for (int s = 0; s < n; ++s) pack_taps(groups[s], first, width, s);
+      for (int s = 0; s < n; ++s) pack_taps(groups[s], first, width, slot0 + s);
       return;
     }
     for (int s = 0; s < n; ++s)
-      for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) zero_tail(at(tap, s), width);
+      for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) zero_tail(at(tap, slot0 + s), width);
   }
   void zero_tail(float* block, int64_t width) {
     if (width < BLOCK)
@@ -976,49 +977,64 @@ constexpr int64_t SCORE_CHUNK = 256, SCORE_TILES = (SCORE_CHUNK + BLOCK_ROWS - 1
 constexpr int64_t SCORE_FILTER_BYTES = 1 << 20;
 
 // Scores as patch gradient times patch (PatchGradScoreTile): the product's sum runs over C_out.
-// A region's filter blocks are formed once for all the chunks where they fit in
-// SCORE_FILTER_BYTES, else again for each chunk.
+// One work item is a region and a chunk of samples: up to SAMPLES, whose factored filter blocks
+// are formed together (as the forward's), where all their blocks fit in SCORE_FILTER_BYTES, else
+// one. A region's filter blocks are formed once for all the chunks of pixels where they fit,
+// else again for each chunk.
 int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filters,
                           const float* grad_rows, const int64_t* order, const int64_t* starts,
                           float* scores, float* grad_x, int threads) {
   const int64_t blocks = (g.c_in + BLOCK - 1) / BLOCK;
-  const bool once = blocks * g.kh * g.kw * g.c_out * BLOCK * static_cast<int64_t>(sizeof(float))
-                    <= SCORE_FILTER_BYTES;
+  const int64_t block_bytes =
+      blocks * g.kh * g.kw * g.c_out * BLOCK * static_cast<int64_t>(sizeof(float));
+  const bool together =
+      formed_in_registers(g, filters) && SAMPLES * block_bytes <= SCORE_FILTER_BYTES;
+  const int samples = together ? SAMPLES : 1;
+  const bool once = block_bytes <= SCORE_FILTER_BYTES;
+  const int64_t chunks = (g.batch + samples - 1) / samples;
   return each_item<FilterBlock>(
-      g.batch * g.regions, threads,
-      [&](FilterBlock& block, int64_t group) {
-        const int64_t sample = group / g.regions, region = group % g.regions;
-        const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
-        if (once)
+      chunks * g.regions, threads,
+      [&](FilterBlock& block, int64_t item) {
+        const int64_t region = item % g.regions, b0 = item / g.regions * samples;
+        const int n = static_cast<int>(std::min<int64_t>(g.batch - b0, samples));
+        int64_t groups[SAMPLES];
+        for (int s = 0; s < n; ++s) groups[s] = (b0 + s) * g.regions + region;
+        if (once)  // block b of sample s in slot b * samples + s
           for (int64_t b = 0; b < blocks; ++b)
-            block.pack_taps(group, b * BLOCK, std::min<int64_t>(g.c_in - b * BLOCK, BLOCK), b);
-        for (int64_t chunk = lo; chunk < hi; chunk += SCORE_CHUNK) {
-          const int64_t end = std::min(hi, chunk + SCORE_CHUNK);
-          // the chunk's output gradient, packed once for every tap and block
-          for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile)
-            block.pack_grads(grad_rows, order + row,
-                             static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS)), tile);
-          for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
-            for (int64_t first = 0; first < g.c_in; first += BLOCK) {
-              const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
-              if (!once) block.pack(group, tap, first, width);
-              const float* weights = once ? block.at(tap, first / BLOCK) : block.at(tap);
-              for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile) {
-                const int rows = static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS));
-                // the tile's rows of this region: x's gradient where it is the pixel's own
-                const int from =
-                    static_cast<int>(std::clamp<int64_t>(starts[group] - row, 0, rows));
-                const int to =
-                    static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
-                dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                    rows, width, g, x, block.tile_grads(tile), weights, order + row, tap / g.kw,
-                    tap % g.kw, first, width, scores, region, from, to, grad_x);
+            block.pack_groups(groups, n, b * BLOCK, std::min<int64_t>(g.c_in - b * BLOCK, BLOCK),
+                              b * samples);
+        for (int s = 0; s < n; ++s) {
+          const int64_t group = groups[s], sample = b0 + s;
+          const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
+          for (int64_t chunk = lo; chunk < hi; chunk += SCORE_CHUNK) {
+            const int64_t end = std::min(hi, chunk + SCORE_CHUNK);
+            // the chunk's output gradient, packed once for every tap and block
+            for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile)
+              block.pack_grads(grad_rows, order + row,
+                               static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS)), tile);
+            for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
+              for (int64_t first = 0; first < g.c_in; first += BLOCK) {
+                const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
+                if (!once) block.pack(group, tap, first, width);
+                const float* weights =
+                    once ? block.at(tap, first / BLOCK * samples + s) : block.at(tap);
+                for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile) {
+                  const int rows = static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS));
+                  // the tile's rows of this region: x's gradient where it is the pixel's own
+                  const int from =
+                      static_cast<int>(std::clamp<int64_t>(starts[group] - row, 0, rows));
+                  const int to =
+                      static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
+                  dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
+                      rows, width, g, x, block.tile_grads(tile), weights, order + row,
+                      tap / g.kw, tap % g.kw, first, width, scores, region, from, to, grad_x);
+                }
               }
             }
           }
         }
       },
-      g, filters, once ? blocks : 1, SCORE_TILES);
+      g, filters, once ? blocks * samples : 1, SCORE_TILES);
 }
 
 // Scores as response times output gradient (ResponseScoreTile): the product's sum runs over K.
