@@ -122,9 +122,9 @@ def library() -> Optional[ctypes.CDLL]:
     pointer, size, source = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(FilterSource)
     lib.drconv_region_forward_f32.argtypes = [pointer, source] + [pointer] * 5 + [ctypes.c_int]
     lib.drconv_region_of.argtypes = [pointer, size, size, size, pointer, ctypes.c_int]
+    lib.drconv_region_of.restype = None
     lib.drconv_shifted_sum_f32.argtypes = [pointer, pointer, pointer, pointer, ctypes.c_int]
     lib.drconv_shifted_sum_f32.restype = None
-    lib.drconv_region_of.restype = None
     lib.drconv_transpose_f32.argtypes = [pointer, pointer, size, size, size, ctypes.c_int]
     lib.drconv_transpose_f32.restype = None
     lib.drconv_sort_by_group.argtypes = [pointer, size, size, size, pointer, pointer]
