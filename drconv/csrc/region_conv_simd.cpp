@@ -333,6 +333,16 @@ bool with_factored_taps(const Geometry& g, const Filters& f, Args&&... args) {
                         : with_terms<S, false>(g, f, args...);
 }
 
+// The groups `groups` (n <= SAMPLES) padded to SAMPLES with the last (formed twice), and where
+// each one's filters go: base + s * stride (the last's for the padding).
+void pad_groups(const int64_t* groups, int n, float* base, int64_t stride,
+                int64_t (&padded)[SAMPLES], float* (&dst)[SAMPLES]) {
+  for (int s = 0; s < SAMPLES; ++s) {
+    padded[s] = groups[std::min(s, n - 1)];
+    dst[s] = base + std::min(s, n - 1) * stride;
+  }
+}
+
 // As filter_rows for every tap: dst[(o - first_out) * out_stride + t * tap_stride + i].
 void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t first_out,
                  int64_t outs, int64_t first, int64_t width, float* dst, int64_t out_stride,
@@ -402,12 +412,9 @@ struct FilterPanel {
   // Panels 0 .. n - 1 of the groups `groups` (n <= SAMPLES, all of one region).
   void pack_groups(const int64_t* groups, int n, int64_t first, int64_t width) {
     const int64_t K = g.kh * g.kw * g.c_in;
-    int64_t padded[SAMPLES];  // a short list padded with its last group, formed twice
+    int64_t padded[SAMPLES];
     float* dst[SAMPLES];
-    for (int s = 0; s < SAMPLES; ++s) {
-      padded[s] = groups[std::min(s, n - 1)];
-      dst[s] = rows + std::min(s, n - 1) * size;
-    }
+    pad_groups(groups, n, rows, size, padded, dst);
     if (n == 1 || !with_factored_taps<SAMPLES>(g, f, padded, first, width, 0, g.c_in, dst, K,
                                               g.c_in)) {
       for (int s = 0; s < n; ++s) pack(groups[s], first, width, s);
@@ -668,12 +675,9 @@ struct FilterBlock {
   // slot0 .. slot0 + n - 1, formed together where formed_in_registers.
   void pack_groups(const int64_t* groups, int n, int64_t first, int64_t width,
                    int64_t slot0 = 0) {
-    int64_t padded[SAMPLES];  // a short list padded with its last group, formed twice
+    int64_t padded[SAMPLES];
     float* dst[SAMPLES];
-    for (int s = 0; s < SAMPLES; ++s) {
-      padded[s] = groups[std::min(s, n - 1)];
-      dst[s] = at(0, slot0 + std::min(s, n - 1));
-    }
+    pad_groups(groups, n, at(0, slot0), g.kh * g.kw * g.c_out * BLOCK, padded, dst);
     if (n == 1 || !with_factored_taps<SAMPLES>(g, f, padded, 0, g.c_out, first, width, dst,
                                               BLOCK, g.c_out * BLOCK)) {
       for (int s = 0; s < n; ++s) pack_taps(groups[s], first, width, slot0 + s);
