@@ -14,8 +14,8 @@
 //   against PANEL filter values per step and writes its results to the pixels' output rows.
 // - Filter gradient: one work item is a group; per tap and block of input channels, the
 //   pixels' values are packed, then multiplied with the group's output gradient (transposed).
-//   For factored filters one work item is a block of output channels instead, looping over the
-//   groups and reducing each group's gradient straight into the factors' gradients.
+//   For factored filters one work item is a run of blocks of output channels instead, looping
+//   over the groups and reducing each group's gradient straight into the factors' gradients.
 // - Input gradient: one work item is a block of input channels of a sample, or of up to four
 //   samples whose factored filters are formed together; per group and tap the filters' block is
 //   packed, then each tile of pixels adds its gradient to its taps.
@@ -693,15 +693,19 @@ struct FilterBlock {
   }
 };
 
+// Rows of a group's filter gradient that reduce_to_factors reduces into the terms together.
+constexpr int64_t REDUCED_ROWS = 4;
+
 // A thread's buffers for a filter gradient of `rows` output channels: the group's output
 // gradient packed in tiles of BLOCK_ROWS channels, (tiles, n, BLOCK_ROWS), one tap's block of its
 // pixels' values, (n, BLOCK), the pixels' taps, and (factored filters) the group's gradient
-// block, (rows, K).
+// block, (rows, K), and reduce_to_factors' dot products, (REDUCED_ROWS, taps).
 struct GroupPatches {
   float* grads;
   float* patches;
   const float** taps;
   float* block;
+  float* sums;
   bool with_block;
   GroupPatches(const Geometry& g, int64_t rows, bool block_too)
       : grads(static_cast<float*>(malloc((rows + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS *
@@ -710,14 +714,17 @@ struct GroupPatches {
         taps(static_cast<const float**>(malloc(g.h_out * g.w_out * sizeof(float*)))),
         block(block_too ? static_cast<float*>(malloc(rows * g.kh * g.kw * g.c_in * sizeof(float)))
                         : nullptr),
+        sums(block_too ? static_cast<float*>(malloc(REDUCED_ROWS * g.kh * g.kw * sizeof(float)))
+                       : nullptr),
         with_block(block_too) {}
   ~GroupPatches() {
     free(grads);
     free(patches);
     free(taps);
     free(block);
+    free(sums);
   }
-  bool allocated() const { return grads && patches && taps && (block || !with_block); }
+  bool allocated() const { return grads && patches && taps && ((block && sums) || !with_block); }
 };
 
 // out (rows, K, rows K apart) = the gradient of output channels first .. first + rows of group
@@ -746,13 +753,56 @@ void group_filter_grad(const Geometry& g, const float* x, const float* grad_rows
   }
 }
 
+// reduce_to_factors' terms and coefficients of R output channels' gradient rows `gr` (R, K):
+// their terms' rows at T + c * stride + j * term_k (term c, row j), their gradients likewise at
+// dT (or dT null), the group's coefficients `coef` (n_terms, taps or 1) and their gradient part
+// `coef_part` (or null). The R rows' dot products are multiply-add chains of their own,
+// interleaved (one row's alone waits on each multiply-add's latency), and every value is summed
+// in the order one row after the other sums it (`sums` keeps the rows' dot products until then:
+// (R, taps)). (V: with_rows' vectors, unused.)
+template <int R, int V>
+struct TermsReduction {
+  static void run(const Geometry& g, const Filters& f, const float* T, float* dT, int64_t term_k,
+                  int64_t stride, const float* coef, float* coef_part, const float* gr,
+                  float* sums) {
+    const int64_t c_in = g.c_in, taps = g.kh * g.kw, K = taps * c_in;
+    const int64_t coef_taps = f.coef_by_tap ? taps : 1;
+    const bool by_tap = f.terms_by_tap;
+    for (int64_t c = 0; c < f.n_terms; ++c) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t at = c * stride + (by_tap ? t * c_in : 0);
+        const vec a = vset1(coef[c * coef_taps + (coef_taps > 1 ? t : 0)]);
+        vec dot[R];
+        for (int j = 0; j < R; ++j) dot[j] = vzero();
+        for (int64_t i = 0; i < c_in; i += LANES) {
+          const int64_t left = c_in - i;
+          for (int j = 0; j < R; ++j) {
+            const vec gv = vload_part(gr + j * K + t * c_in + i, left);
+            if (dT) {
+              float* d = dT + at + j * term_k + i;
+              vstore_part(d, vfma(a, gv, vload_part(d, left)), left);
+            }
+            dot[j] = vfma(vload_part(T + at + j * term_k + i, left), gv, dot[j]);
+          }
+        }
+        for (int j = 0; j < R; ++j) sums[j * taps + t] = vsum(dot[j]);
+      }
+      if (coef_part)
+        for (int j = 0; j < R; ++j)
+          for (int64_t t = 0; t < taps; ++t)
+            coef_part[c * coef_taps + (coef_taps > 1 ? t : 0)] += sums[j * taps + t];
+    }
+  }
+};
+
 // Adds a group's filter gradient `grad` (rows, K) of output channels first .. first + rows to
 // the factors' gradients (Filters' factored form): weight += grad; bias[r] += grad summed over
 // the taps; terms[r, c] += coef[b, r, c, t] * grad (summed over the taps where the terms are
 // shared by them); coef part [b, r, c, t] += <terms[r, c] at tap t, grad at tap t> (summed
-// over the taps where the coefficients are shared by them).
+// over the taps where the coefficients are shared by them). `sums`: (REDUCED_ROWS, taps).
 void reduce_to_factors(const Geometry& g, const Filters& f, const FactorGrads& d, int64_t group,
-                       int64_t first, int64_t rows, const float* grad, int64_t part) {
+                       int64_t first, int64_t rows, const float* grad, int64_t part,
+                       float* sums) {
   const int64_t K = g.kh * g.kw * g.c_in, taps = g.kh * g.kw, r = group % g.regions;
   const int64_t coef_taps = f.coef_by_tap ? taps : 1, term_k = f.terms_by_tap ? K : g.c_in;
   const float* coef = f.coef + group * f.n_terms * coef_taps;
@@ -776,23 +826,15 @@ void reduce_to_factors(const Geometry& g, const Filters& f, const FactorGrads& d
                       left);
         }
     }
-    for (int64_t c = 0; c < f.n_terms; ++c) {
-      const int64_t term = ((f.terms_by_region ? r : 0) * f.n_terms + c) * g.c_out + o;
-      const float* T = f.terms + term * term_k;
-      float* dT = d.terms ? d.terms + term * term_k : nullptr;
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t at = f.terms_by_tap ? t * g.c_in : 0;
-        const vec a = vset1(coef[c * coef_taps + (f.coef_by_tap ? t : 0)]);
-        vec dot = vzero();
-        for (int64_t i = 0; i < g.c_in; i += LANES) {
-          const int64_t left = g.c_in - i;
-          const vec gv = vload_part(gr + t * g.c_in + i, left);
-          if (dT) vstore_part(dT + at + i, vfma(a, gv, vload_part(dT + at + i, left)), left);
-          dot = vfma(vload_part(T + at + i, left), gv, dot);
-        }
-        if (coef_part) coef_part[c * coef_taps + (f.coef_by_tap ? t : 0)] += vsum(dot);
-      }
-    }
+  }
+  const int64_t stride = g.c_out * term_k;  // from one term to the next
+  const float* T = f.terms + (f.terms_by_region ? r : 0) * f.n_terms * stride;
+  float* dT = d.terms ? d.terms + (T - f.terms) : nullptr;
+  for (int64_t j = 0; j < rows; j += REDUCED_ROWS) {
+    const int64_t o = first + j;
+    with_rows<TermsReduction, 1, REDUCED_ROWS>(
+        static_cast<int>(std::min(rows - j, REDUCED_ROWS)), g, f, T + o * term_k,
+        dT ? dT + o * term_k : nullptr, term_k, stride, coef, coef_part, grad + j * K, sums);
   }
 }
 
@@ -906,29 +948,41 @@ extern "C" int drconv_region_filter_grad_f32(const float* x, const float* grad_r
       g, g.c_out, false);
 }
 
+// The most bytes of a group's filter gradient one work item of the factored filter gradient
+// holds (its gradient block): larger items are made of fewer blocks.
+constexpr int64_t FACTOR_GRAD_BYTES = 16 << 20;
+
 // The factors' gradients (FactorGrads, zeroed by the caller) of factored filters. One work item
-// is a block of grads->block_rows output channels, looping over the groups in order and reducing
-// each group's gradient block into the factors' gradients: every element is summed by one
-// thread in a fixed order.
+// is a run of blocks of grads->block_rows output channels (as many as make an item per thread,
+// where their gradient fits in FACTOR_GRAD_BYTES: each item packs every group's patches again),
+// looping over the groups in order and reducing each group's gradient into the factors'
+// gradients block by block: every element is summed by one thread in a fixed order.
 extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad_rows,
                                                const int64_t* order, const int64_t* starts,
                                                const Filters* filters, const FactorGrads* grads,
                                                const int64_t* shape, int threads) {
   const LayerGeometry g(shape, threads);
   if (!g.pixels) return 1;
-  const int64_t rows = grads->block_rows, blocks = (g.c_out + rows - 1) / rows;
+  const int64_t K = g.kh * g.kw * g.c_in, rows = grads->block_rows;
+  const int64_t blocks = (g.c_out + rows - 1) / rows;
+  const int64_t fit = FACTOR_GRAD_BYTES / (rows * K * static_cast<int64_t>(sizeof(float)));
+  const int64_t per_item = std::max<int64_t>(1, std::min((blocks + threads - 1) / threads, fit));
   return each_item<GroupPatches>(
-      blocks, threads,
-      [&](GroupPatches& buffers, int64_t part) {
-        const int64_t first = part * rows, n_rows = std::min<int64_t>(g.c_out - first, rows);
+      (blocks + per_item - 1) / per_item, threads,
+      [&](GroupPatches& buffers, int64_t item) {
+        const int64_t first = item * per_item * rows;
+        const int64_t n_rows = std::min(g.c_out - first, per_item * rows);
         for (int64_t group = 0; group < g.batch * g.regions; ++group) {
           if (starts[group] == starts[group + 1]) continue;
           group_filter_grad(g, x, grad_rows, order, starts, group, first, n_rows, buffers,
                             buffers.block);
-          reduce_to_factors(g, *filters, *grads, group, first, n_rows, buffers.block, part);
+          for (int64_t at = 0; at < n_rows; at += rows)
+            reduce_to_factors(g, *filters, *grads, group, first + at,
+                              std::min(rows, n_rows - at), buffers.block + at * K,
+                              (first + at) / rows, buffers.sums);
         }
       },
-      g, rows, true);
+      g, per_item * rows, true);
 }
 
 // grad_x (zeroed by the caller) += the input gradient. One work item is a sample and a block of
