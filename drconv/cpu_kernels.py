@@ -120,7 +120,7 @@ def library() -> Optional[ctypes.CDLL]:
                       'region_conv runs its PyTorch path on CPU')
         return None
     pointer, size, source = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(FilterSource)
-    lib.drconv_region_forward_f32.argtypes = [pointer, source] + [pointer] * 5 + [ctypes.c_int]
+    lib.drconv_region_forward_f32.argtypes = [pointer, source] + [pointer] * 6 + [ctypes.c_int]
     lib.drconv_region_of.argtypes = [pointer, size, size, size, pointer, ctypes.c_int]
     lib.drconv_region_of.restype = None
     lib.drconv_shifted_sum_f32.argtypes = [pointer, pointer, pointer, pointer, ctypes.c_int]
@@ -132,7 +132,7 @@ def library() -> Optional[ctypes.CDLL]:
     lib.drconv_factored_filter_grad_f32.argtypes = (
         [pointer] * 4 + [source, ctypes.POINTER(FactorGradBuffers), pointer, ctypes.c_int])
     lib.drconv_region_input_grad_f32.argtypes = [source] + [pointer] * 5 + [ctypes.c_int]
-    lib.drconv_region_scores_f32.argtypes = [pointer, source] + [pointer] * 6 + [ctypes.c_int]
+    lib.drconv_region_scores_f32.argtypes = [pointer, source] + [pointer] * 8 + [ctypes.c_int]
     return lib
 
 
@@ -272,7 +272,8 @@ def shifted_sum(taps: Tensor, bias: Optional[Tensor], out_size: Tuple[int, int],
 
 
 def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: Tensor,
-            out_size: Tuple[int, int], geo: Geometry, bias: Optional[Tensor] = None) -> Tensor:
+            out_size: Tuple[int, int], geo: Geometry, bias: Optional[Tensor] = None,
+            responses: Optional[Tensor] = None) -> Tensor:
     """Selected-filter convolution with the kernel.
 
     Args:
@@ -284,6 +285,8 @@ def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: T
         out_size (Tuple[int, int]): (H_out, W_out).
         geo (Geometry): kernel, stride, padding, dilation.
         bias (Tensor[C_out]): added to the output, if given.
+        responses (Tensor[B * L, C_out]): contiguous, if given: filled with the output without
+            the bias, for :func:`backward`'s scores.
 
     Returns:
         Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
@@ -303,9 +306,16 @@ def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: T
     bias = bias.contiguous() if bias is not None else None  # referenced: a pointer
     check(library().drconv_region_forward_f32(
         x_rows.data_ptr(), source, order.data_ptr(), starts.data_ptr(),
-        bias.data_ptr() if bias is not None else None, out_rows.data_ptr(), shape.data_ptr(),
-        threads), 'forward')
+        bias.data_ptr() if bias is not None else None, out_rows.data_ptr(),
+        responses.data_ptr() if responses is not None else None, shape.data_ptr(), threads),
+        'forward')
     return from_channels_last_rows(out_rows, x, threads)
+
+
+def scores_from_responses(geo: Geometry, c_in: int, c_out: int) -> bool:
+    """Whether :func:`backward` makes the scores as response times output gradient (K > C_out,
+    the kernels' choice), where the forward's responses give each pixel's own region's."""
+    return w_numel(geo, c_in) > c_out
 
 
 def factor_grad_rows(c_out: int, threads: int) -> int:
@@ -342,8 +352,8 @@ def stand_in_starts(starts: Tensor, regions: int, stand_ins: int) -> Tensor:
 
 def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, region: Tensor,
              geo: Geometry, need_input: bool, need_filters: bool, need_scores: bool,
-             factors: Optional[Factors] = None, score_source: Optional[FilterSource] = None
-             ) -> Backward:
+             factors: Optional[Factors] = None, score_source: Optional[FilterSource] = None,
+             responses: Optional[Tensor] = None) -> Backward:
     """The gradients of x and of the filters, and every region's scores, with the kernels.
 
     Args:
@@ -354,6 +364,8 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
             gradient is then each factor's.
         score_source (FilterSource): stand-in filters shared by the samples, (n, C_out, K),
             whose scores are computed instead of the regions' (Tensor[B, L, n]).
+        responses (Tensor[B * L, C_out]): the responses :func:`forward` filled, if it did: where
+            :func:`scores_from_responses`, each pixel's own region's score is made from them.
     """
     threads = torch.get_num_threads()
     b, c_in, h, w = x.shape
@@ -387,9 +399,11 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
             score_starts = stand_in_starts(starts, regions, score_regions)
         scores = x.new_zeros(order.numel(), score_regions)
         score_shape = shape_of(x, score_regions, c_out, out_size, geo)  # referenced: a pointer
+        saved = responses is not None and score_source is None
         check(lib.drconv_region_scores_f32(
             x_rows.data_ptr(), score_source or source, grad_rows.data_ptr(), order.data_ptr(),
-            score_starts.data_ptr(), scores.data_ptr(),
+            score_starts.data_ptr(), region.data_ptr() if saved else None,
+            responses.data_ptr() if saved else None, scores.data_ptr(),
             grad_x.data_ptr() if fused_x else None,
             score_shape.data_ptr(), threads), 'scores')
         scores = scores.view(b, -1, score_regions)

@@ -132,9 +132,12 @@ class RegionConvFunction(torch.autograd.Function):
         ctx.geo, ctx.guide_grad = geo, guide_grad
         if ctx.on_kernels:
             region = cpu_kernels.region_of(guide)
+            # kept for the guide's scores: each pixel's own region's then costs no convolution
+            keep = ctx.needs_input_grad[2] and cpu_kernels.scores_from_responses(geo, c_in, c_out)
+            responses = x.new_empty(region.numel(), c_out) if keep else None
             out = cpu_kernels.forward(x, cpu_kernels.explicit_source(weight), m, c_out, region,
-                                      out_size, geo)
-            ctx.save_for_backward(x, weight, guide, region)
+                                      out_size, geo, responses=responses)
+            ctx.save_for_backward(x, weight, guide, region, responses)
             return out
         region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
         filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1).contiguous()
@@ -154,11 +157,11 @@ class RegionConvFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         if ctx.on_kernels:
-            x, weight, guide, region = ctx.saved_tensors
+            x, weight, guide, region, responses = ctx.saved_tensors
             b, m, c_out, c_in, kh, kw = weight.shape
             grad_x, grad_w, scores = cpu_kernels.backward(
                 grad_out, x, cpu_kernels.explicit_source(weight), m, region, ctx.geo, need_x,
-                need_w, need_g)
+                need_w, need_g, responses=responses)
             if need_w:
                 grad_w = grad_w.view(b, m, c_out, kh, kw, c_in).permute(0, 1, 2, 5, 3, 4)
             grad_g = (guide_gradient_from_scores(guide, region, scores, ctx.guide_grad)

@@ -71,16 +71,20 @@ class FactoredRegionConvFunction(torch.autograd.Function):
         f = Factors(weight, None if region_bias is None else region_bias.contiguous(),
                     terms.contiguous(), coef.contiguous())
         region = cpu_kernels.region_of(guide)
+        # kept for the guide's scores: each pixel's own region's then costs no convolution
+        keep = (ctx.needs_input_grad[1] and not scores_through_stand_ins(f, m)
+                and cpu_kernels.scores_from_responses(geo, x.shape[1], c_out))
+        responses = x.new_empty(region.numel(), c_out) if keep else None
         out = cpu_kernels.forward(x, cpu_kernels.factored_source(f), m, c_out, region,
-                                  tuple(guide.shape[2:]), geo, bias)
-        ctx.save_for_backward(x, guide, region, *f)
+                                  tuple(guide.shape[2:]), geo, bias, responses)
+        ctx.save_for_backward(x, guide, region, responses, *f)
         ctx.geo, ctx.guide_grad = geo, guide_grad
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        x, guide, region, *saved = ctx.saved_tensors
+        x, guide, region, responses, *saved = ctx.saved_tensors
         f = Factors(*saved)
         m = guide.shape[1]
         need_x, need_g = ctx.needs_input_grad[:2]
@@ -90,7 +94,7 @@ class FactoredRegionConvFunction(torch.autograd.Function):
                         if stand_ins else None)
         grad_x, grads, scores = cpu_kernels.backward(
             grad_out, x, cpu_kernels.factored_source(f), m, region, ctx.geo, need_x,
-            need_factors, need_g, factors=f, score_source=score_source)
+            need_factors, need_g, factors=f, score_source=score_source, responses=responses)
         grad_g = None
         if need_g:
             if stand_ins:  # (B, L, 1) + (B, L, n) @ (B, n, m)

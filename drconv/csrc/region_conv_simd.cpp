@@ -475,22 +475,35 @@ __attribute__((noinline)) void response(const Geometry& g, const float* x, const
 
 // Forward: output channels first .. first + width of the ROWS sorted pixels `rows`, from the
 // panel of their group's filters, plus `bias` (those channels' own, or null), into the output
-// rows `out` (B * L, C_out).
+// rows `out` (B * L, C_out), and without it into `responses` (likewise; unless null).
 template <int ROWS, int V>
 struct OutputTile {
   static void run(const Geometry& g, const float* x, const float* zero_row, const float* panel,
-                  const int64_t* rows, const float* bias, float* out, int64_t first,
-                  int64_t width) {
+                  const int64_t* rows, const float* bias, float* out, float* responses,
+                  int64_t first, int64_t width) {
     vec acc[ROWS][V];
     response(g, x, zero_row, panel, rows, acc);
     for (int v = 0; v < V; ++v) {
       const vec b = bias ? vload_part(bias + LANES * v, width - LANES * v) : vzero();
-      for (int r = 0; r < ROWS; ++r)
-        vstore_part(out + rows[r] * g.c_out + first + LANES * v, vadd(acc[r][v], b),
-                    width - LANES * v);
+      for (int r = 0; r < ROWS; ++r) {
+        const int64_t at = rows[r] * g.c_out + first + LANES * v;
+        vstore_part(out + at, vadd(acc[r][v], b), width - LANES * v);
+        if (responses) vstore_part(responses + at, acc[r][v], width - LANES * v);
+      }
     }
   }
 };
+
+// A pixel's response `acc` at output channels first .. first + width (V vectors) times its
+// output gradient `grad` (its row), added to its score `score`.
+template <int V>
+inline void add_score(const vec (&acc)[V], const float* grad, int64_t first, int64_t width,
+                      float& score) {
+  vec dot = vzero();
+  for (int v = 0; v < V; ++v)
+    dot = vfma(acc[v], vload_part(grad + first + LANES * v, width - LANES * v), dot);
+  score += vsum(dot);
+}
 
 // Scores from responses: the ROWS pixels' response to one region's panel, times their output
 // gradient there, added to scores[row * m + region].
@@ -501,13 +514,23 @@ struct ResponseScoreTile {
                   int64_t first, int64_t width) {
     vec acc[ROWS][V];
     response(g, x, zero_row, panel, rows, acc);
-    for (int r = 0; r < ROWS; ++r) {
-      const float* d = grad_rows + rows[r] * g.c_out + first;
-      vec dot = vzero();
-      for (int v = 0; v < V; ++v)
-        dot = vfma(acc[r][v], vload_part(d + LANES * v, width - LANES * v), dot);
-      scores[rows[r] * g.regions + region] += vsum(dot);
-    }
+    for (int r = 0; r < ROWS; ++r)
+      add_score(acc[r], grad_rows + rows[r] * g.c_out, first, width,
+                scores[rows[r] * g.regions + region]);
+  }
+};
+
+// A score from a saved response: the pixel's response (the forward's: its row `response`) at
+// output channels first .. first + width (V vectors), times its output gradient there, added to
+// its score `score`, as ResponseScoreTile adds it. (ROWS: dispatch's, 1.)
+template <int ROWS, int V>
+struct SavedScoreTile {
+  static void run(const float* response, const float* grad, int64_t first, int64_t width,
+                  float& score) {
+    vec acc[V];
+    for (int v = 0; v < V; ++v)
+      acc[v] = vload_part(response + first + LANES * v, width - LANES * v);
+    add_score(acc, grad, first, width, score);
   }
 };
 
@@ -894,11 +917,12 @@ struct LayerGeometry : Geometry {
 // (B * m + 1) group offsets into order; out, grad_rows: (B * L, C_out) output (gradient) rows;
 // shape: the 16 Geometry fields. Each returns 0, or 1 when a buffer could not be allocated.
 
-// out = the selected-filter convolution, plus bias (C_out) unless null.
+// out = the selected-filter convolution, plus bias (C_out) unless null; responses (B * L, C_out)
+// = the convolution alone, unless null.
 extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
                                          const int64_t* order, const int64_t* starts,
-                                         const float* bias, float* out, const int64_t* shape,
-                                         int threads) {
+                                         const float* bias, float* out, float* responses,
+                                         const int64_t* shape, int threads) {
   const LayerGeometry g(shape, threads);
   if (!g.pixels) return 1;
   const int64_t panels = (g.c_out + PANEL - 1) / PANEL;
@@ -921,7 +945,7 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
             dispatch<OutputTile, MAX_ROWS, VECTORS>(
                 static_cast<int>(std::min<int64_t>(starts[groups[s] + 1] - row, MAX_ROWS)),
                 width, g, x, filter.zero_row, filter.panel(s), order + row,
-                bias ? bias + first : nullptr, out, first, width);
+                bias ? bias + first : nullptr, out, responses, first, width);
       },
       g, *filters, samples, samples);
 }
@@ -1097,8 +1121,12 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
 
 // Scores as response times output gradient (ResponseScoreTile): the product's sum runs over K.
 // The sample's pixels are taken in image order, whose neighbours share their patches' taps.
+// With the forward's `responses` (B * L, C_out; else null), a pixel's own region's score is
+// made from its saved response (SavedScoreTile; `region_of` (B * L): each pixel's region).
 int scores_by_responses(const Geometry& g, const float* x, const Filters& filters,
-                        const float* grad_rows, float* scores, int threads) {
+                        const float* grad_rows, const int64_t* order, const int64_t* starts,
+                        const int64_t* region_of, const float* responses, float* scores,
+                        int threads) {
   const int64_t pixels = g.h_out * g.w_out, panels = (g.c_out + PANEL - 1) / PANEL;
   const int64_t panel_bytes = g.kh * g.kw * g.c_in * PANEL * sizeof(float);
   const int64_t formed = std::clamp<int64_t>(SCORE_FILTER_BYTES / panel_bytes, 1, panels);
@@ -1106,6 +1134,15 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
       g.batch * g.regions, threads,
       [&](FilterPanel& filter, int64_t group) {
         const int64_t sample = group / g.regions, region = group % g.regions;
+        // the pixels of the region's own group from their saved responses, the others here
+        if (responses)
+          for (int64_t q = starts[group]; q < starts[group + 1]; ++q)
+            for (int64_t first = 0; first < g.c_out; first += PANEL) {
+              const int64_t row = order[q], width = std::min<int64_t>(g.c_out - first, PANEL);
+              dispatch<SavedScoreTile, 1, VECTORS>(1, width, responses + row * g.c_out,
+                                                   grad_rows + row * g.c_out, first, width,
+                                                   scores[row * g.regions + region]);
+            }
         int64_t rows[SCORE_CHUNK];
         for (int64_t p0 = 0; p0 < panels; p0 += formed) {
           const int64_t n_panels = std::min(panels - p0, formed);
@@ -1113,8 +1150,10 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
             filter.pack(group, (p0 + p) * PANEL,
                         std::min<int64_t>(g.c_out - (p0 + p) * PANEL, PANEL), p);
           for (int64_t chunk = 0; chunk < pixels; chunk += SCORE_CHUNK) {
-            const int64_t n = std::min(pixels - chunk, SCORE_CHUNK);
-            for (int64_t q = 0; q < n; ++q) rows[q] = sample * pixels + chunk + q;
+            int64_t n = 0;
+            for (int64_t row = sample * pixels + chunk;
+                 row < sample * pixels + std::min(pixels, chunk + SCORE_CHUNK); ++row)
+              if (!responses || region_of[row] != region) rows[n++] = row;
             for (int64_t p = 0; p < n_panels; ++p) {
               const int64_t first = (p0 + p) * PANEL;
               const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
@@ -1137,17 +1176,20 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
 // `filters`, which may be stand-ins shared by the samples, their pixels all in the first). The
 // products' sums run over the longer of K and C_out: as patch gradient times patch when
 // K <= C_out (then with grad_x, zeroed, for 1x1 kernels only, also x's gradient), else as
-// response times output gradient (grad_x must be null).
+// response times output gradient (grad_x must be null), where `responses` (the forward's, or
+// null) give each pixel's own region's score (`region`: (B * L), each pixel's region).
 extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
                                         const float* grad_rows, const int64_t* order,
-                                        const int64_t* starts, float* scores, float* grad_x,
+                                        const int64_t* starts, const int64_t* region,
+                                        const float* responses, float* scores, float* grad_x,
                                         const int64_t* shape, int threads) {
   const LayerGeometry g(shape, threads);
   if (!g.pixels) return 1;
   if (g.kh * g.kw * g.c_in <= g.c_out)
     return scores_by_patch_grads(g, x, *filters, grad_rows, order, starts, scores, grad_x,
                                  threads);
-  return scores_by_responses(g, x, *filters, grad_rows, scores, threads);
+  return scores_by_responses(g, x, *filters, grad_rows, order, starts, region, responses,
+                             scores, threads);
 }
 
 // out[b, j, i] = x[b, i, j] for x (B, rows, cols), in LANES x LANES tiles.
