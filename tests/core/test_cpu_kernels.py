@@ -7,6 +7,7 @@ import torch
 
 from drconv import cpu_kernels, region_conv, region_conv_dense, region_gemm
 from drconv._utils import conv_output_size
+from drconv.patches import Geometry
 
 needs_kernel = pytest.mark.skipif(
     not cpu_kernels.is_available(torch.zeros(1)),
@@ -115,6 +116,33 @@ def test_kernels_repeat_exactly():  # each element summed by one thread in a fix
         out.backward(grad_out)
         runs.append([out] + [t.grad for t in leaves])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@needs_kernel
+@pytest.mark.parametrize('case', [CASES[0], CASES[1], CASES[4]])  # K > C_out; C_out tails
+def test_own_region_scores_from_the_forwards_responses_bit_for_bit(case):
+    """Where the scores are responses times output gradient, each pixel's own region's score
+    is made from the responses the forward kept: the very floats of computing it again."""
+    x, weight, guide = make_inputs(*case)
+    b, c_in, c_out, _, k, s, p, d, m = case
+    geo = Geometry((k, k), (s, s), (p, p), (d, d))
+    assert cpu_kernels.scores_from_responses(geo, c_in, c_out)
+    region, source = cpu_kernels.region_of(guide), cpu_kernels.explicit_source(weight)
+    responses = x.new_empty(region.numel(), c_out)
+    out = cpu_kernels.forward(x, source, m, c_out, region, tuple(guide.shape[2:]), geo,
+                              responses=responses)
+    assert torch.equal(responses.view(b, *out.shape[2:], c_out).permute(0, 3, 1, 2), out)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+
+    def scores(kept):
+        return cpu_kernels.backward(grad_out, x, source, m, region, geo, False, False, True,
+                                    responses=kept).scores
+
+    recomputed = scores(None)
+    assert torch.equal(scores(responses), recomputed)
+    changed = scores(torch.zeros_like(responses)) != recomputed  # read there, and only there
+    own = torch.nn.functional.one_hot(region, m).bool()
+    assert changed[own].any() and not changed[~own].any()
 
 
 @needs_kernel
