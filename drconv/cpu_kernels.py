@@ -121,7 +121,7 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     pointer, size, source = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(FilterSource)
     lib.drconv_region_forward_f32.argtypes = [pointer, source] + [pointer] * 6 + [ctypes.c_int]
-    lib.drconv_region_of.argtypes = [pointer, size, size, size, pointer, ctypes.c_int]
+    lib.drconv_region_of.argtypes = [pointer, size, size, size, pointer]
     lib.drconv_region_of.restype = None
     lib.drconv_shifted_sum_f32.argtypes = [pointer, pointer, pointer, pointer, ctypes.c_int]
     lib.drconv_shifted_sum_f32.restype = None
@@ -239,8 +239,7 @@ def region_of(guide: Tensor) -> Tensor:
     b, m = guide.shape[:2]
     guide = guide.contiguous()
     region = torch.empty(b, guide[0, 0].numel(), dtype=torch.int64)
-    library().drconv_region_of(guide.data_ptr(), b, m, region.shape[1], region.data_ptr(),
-                               torch.get_num_threads())
+    library().drconv_region_of(guide.data_ptr(), b, m, region.shape[1], region.data_ptr())
     return region
 
 

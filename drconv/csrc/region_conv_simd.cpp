@@ -888,21 +888,22 @@ int each_item(int64_t n, int threads, Work work, const Args&... args) {
   return failed;
 }
 
-// The geometry `shape` gives (its 16 fields), with its pixel table, freed with it.
+// The geometry `shape` gives (its 16 fields), with its pixel table, freed with it. The table
+// is filled by one thread (a few microseconds): waking the others took longer.
 struct LayerGeometry : Geometry {
-  explicit LayerGeometry(const int64_t* shape, int threads)
+  explicit LayerGeometry(const int64_t* shape)
       : Geometry{shape[0],  shape[1],  shape[2],  shape[3],  shape[4],  shape[5],
                  shape[6],  shape[7],  shape[8],  shape[9],  shape[10], shape[11],
                  shape[12], shape[13], shape[14], shape[15], nullptr} {
-    const int64_t n = batch * h_out * w_out;
-    pixels = static_cast<Pixel*>(malloc(std::max<int64_t>(n, 1) * sizeof(Pixel)));
+    pixels = static_cast<Pixel*>(malloc(std::max<int64_t>(batch * h_out * w_out, 1) *
+                                        sizeof(Pixel)));
     if (!pixels) return;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t row = 0; row < n; ++row) {
-      const int64_t p = row % (h_out * w_out);
-      pixels[row] = Pixel{row / (h_out * w_out) * h * w, static_cast<int32_t>(p / w_out * sh - ph),
-                          static_cast<int32_t>(p % w_out * sw - pw)};
-    }
+    Pixel* pixel = pixels;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t i = 0; i < h_out; ++i)
+        for (int64_t j = 0; j < w_out; ++j)
+          *pixel++ = Pixel{b * h * w, static_cast<int32_t>(i * sh - ph),
+                           static_cast<int32_t>(j * sw - pw)};
   }
   ~LayerGeometry() { free(pixels); }
   LayerGeometry(const LayerGeometry&) = delete;
@@ -923,7 +924,7 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
                                          const int64_t* order, const int64_t* starts,
                                          const float* bias, float* out, float* responses,
                                          const int64_t* shape, int threads) {
-  const LayerGeometry g(shape, threads);
+  const LayerGeometry g(shape);
   if (!g.pixels) return 1;
   const int64_t panels = (g.c_out + PANEL - 1) / PANEL;
   // an item: a region, a chunk of samples (those whose filters are formed together) and a
@@ -956,7 +957,7 @@ extern "C" int drconv_region_filter_grad_f32(const float* x, const float* grad_r
                                              const int64_t* order, const int64_t* starts,
                                              float* grad_filters, const int64_t* shape,
                                              int threads) {
-  const LayerGeometry g(shape, threads);
+  const LayerGeometry g(shape);
   if (!g.pixels) return 1;
   const int64_t K = g.kh * g.kw * g.c_in;
   return each_item<GroupPatches>(
@@ -985,7 +986,7 @@ extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad
                                                const int64_t* order, const int64_t* starts,
                                                const Filters* filters, const FactorGrads* grads,
                                                const int64_t* shape, int threads) {
-  const LayerGeometry g(shape, threads);
+  const LayerGeometry g(shape);
   if (!g.pixels) return 1;
   const int64_t K = g.kh * g.kw * g.c_in, rows = grads->block_rows;
   const int64_t blocks = (g.c_out + rows - 1) / rows;
@@ -1014,7 +1015,7 @@ extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad
 extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float* grad_rows,
                                             const int64_t* order, const int64_t* starts,
                                             float* grad_x, const int64_t* shape, int threads) {
-  const LayerGeometry g(shape, threads);
+  const LayerGeometry g(shape);
   if (!g.pixels) return 1;
   const int64_t blocks = (g.c_in + BLOCK - 1) / BLOCK;
   // an item: a block of input channels of a chunk of samples (those whose filters are formed
@@ -1183,7 +1184,7 @@ extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
                                         const int64_t* starts, const int64_t* region,
                                         const float* responses, float* scores, float* grad_x,
                                         const int64_t* shape, int threads) {
-  const LayerGeometry g(shape, threads);
+  const LayerGeometry g(shape);
   if (!g.pixels) return 1;
   if (g.kh * g.kw * g.c_in <= g.c_out)
     return scores_by_patch_grads(g, x, *filters, grad_rows, order, starts, scores, grad_x,
@@ -1246,22 +1247,27 @@ extern "C" void drconv_shifted_sum_f32(const float* taps, const float* bias, flo
 }
 
 // region (B, L) = the first of the m largest guide logits (B, m, L) of each pixel, NaN counting
-// as the largest, as torch's max does.
+// as the largest, as torch's max does. One thread, vectorised over the pixels (a few
+// microseconds at the layers' sizes: waking another thread took longer).
 extern "C" void drconv_region_of(const float* guide, int64_t batch, int64_t regions,
-                                 int64_t pixels, int64_t* region, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* g = guide + b * regions * pixels;
-    for (int64_t p = 0; p < pixels; ++p) {
-      float best = g[p];
-      int64_t index = 0;
-      for (int64_t j = 1; j < regions && best == best; ++j) {
-        const float v = g[j * pixels + p];
-        if (v > best || v != v) best = v, index = j;
-      }
-      region[b * pixels + p] = index;
+                                 int64_t pixels, int64_t* region) {
+  constexpr int64_t CHUNK = 256;
+  float best[CHUNK];
+  int32_t index[CHUNK];
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t p0 = 0; p0 < pixels; p0 += CHUNK) {
+      const int64_t n = std::min(pixels - p0, CHUNK);
+      const float* g = guide + b * regions * pixels + p0;
+      for (int64_t p = 0; p < n; ++p) best[p] = g[p], index[p] = 0;
+      for (int32_t j = 1; j < regions; ++j)
+        for (int64_t p = 0; p < n; ++p) {  // once the best is NaN, it stays
+          const float v = g[j * pixels + p], now = best[p];
+          const bool take = now == now && (v > now || v != v);
+          best[p] = take ? v : now;
+          index[p] = take ? j : index[p];
+        }
+      for (int64_t p = 0; p < n; ++p) region[b * pixels + p0 + p] = index[p];
     }
-  }
 }
 
 // Sort the pixels of region (B, L), values in [0, m), by group g = b * m + region, stably:
