@@ -52,6 +52,15 @@ inline vec vload_part(const float* p, int64_t left) {
 inline void vstore_part(float* p, vec v, int64_t left) {
   _mm512_mask_storeu_ps(p, lanes(left), v);
 }
+using vmask = __mmask16;
+// The lanes where `v` takes over from `best` as a largest value: best is not NaN and v is
+// larger or NaN.
+inline vmask takes_over(vec best, vec v) {
+  return _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q) &
+         (_mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+}
+// b in the lanes of `where`, a in the others.
+inline vec vselect(vmask where, vec a, vec b) { return _mm512_mask_blend_ps(where, a, b); }
 // Register tiles: forward MAX_ROWS pixels x VECTORS vectors, backward BLOCK_ROWS rows x
 // BLOCK_VECTORS vectors (32 registers).
 constexpr int MAX_ROWS = 6, VECTORS = 4, BLOCK_ROWS = 12, BLOCK_VECTORS = 2;
@@ -82,6 +91,13 @@ inline void vstore_part(float* p, vec v, int64_t left) {
   else
     _mm256_maskstore_ps(p, lane_mask(left), v);
 }
+using vmask = __m256;
+inline vmask takes_over(vec best, vec v) {
+  return _mm256_and_ps(_mm256_cmp_ps(best, best, _CMP_ORD_Q),
+                       _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
+                                    _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+inline vec vselect(vmask where, vec a, vec b) { return _mm256_blendv_ps(a, b, where); }
 // 16 registers: 6 x 2 accumulators, two filter vectors and a broadcast.
 constexpr int MAX_ROWS = 6, VECTORS = 2, BLOCK_ROWS = 6, BLOCK_VECTORS = 2;
 #endif
@@ -1251,22 +1267,21 @@ extern "C" void drconv_shifted_sum_f32(const float* taps, const float* bias, flo
 // microseconds at the layers' sizes: waking another thread took longer).
 extern "C" void drconv_region_of(const float* guide, int64_t batch, int64_t regions,
                                  int64_t pixels, int64_t* region) {
-  constexpr int64_t CHUNK = 256;
-  float best[CHUNK];
-  int32_t index[CHUNK];
+  alignas(64) float at[LANES];
   for (int64_t b = 0; b < batch; ++b)
-    for (int64_t p0 = 0; p0 < pixels; p0 += CHUNK) {
-      const int64_t n = std::min(pixels - p0, CHUNK);
-      const float* g = guide + b * regions * pixels + p0;
-      for (int64_t p = 0; p < n; ++p) best[p] = g[p], index[p] = 0;
-      for (int32_t j = 1; j < regions; ++j)
-        for (int64_t p = 0; p < n; ++p) {  // once the best is NaN, it stays
-          const float v = g[j * pixels + p], now = best[p];
-          const bool take = now == now && (v > now || v != v);
-          best[p] = take ? v : now;
-          index[p] = take ? j : index[p];
-        }
-      for (int64_t p = 0; p < n; ++p) region[b * pixels + p0 + p] = index[p];
+    for (int64_t p = 0; p < pixels; p += LANES) {
+      const int64_t left = pixels - p;
+      const float* g = guide + b * regions * pixels + p;
+      vec best = vload_part(g, left), index = vzero();  // the best's region, as a float
+      for (int64_t j = 1; j < regions; ++j) {  // once the best is NaN, it stays
+        const vec v = vload_part(g + j * pixels, left);
+        const vmask take = takes_over(best, v);
+        best = vselect(take, best, v);
+        index = vselect(take, index, vset1(static_cast<float>(j)));
+      }
+      vstore(at, index);
+      for (int64_t l = 0; l < std::min<int64_t>(left, LANES); ++l)
+        region[b * pixels + p + l] = static_cast<int64_t>(at[l]);
     }
 }
 

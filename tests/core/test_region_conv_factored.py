@@ -219,10 +219,15 @@ def test_region_conv_reads_any_weight_layout(layout):
 
 
 @needs_kernel
-def test_region_of_is_torch_max():
-    guide = torch.randn(3, 5, 4, 6)
-    guide[0, 1] = guide[0, 3]  # ties: the first
-    guide[1, 2, 0, 0] = float('nan')  # NaN: the largest, as torch.max
+@pytest.mark.parametrize('m, size', [(5, (4, 6)), (5, (5, 7)), (1, (3, 3))])  # a vector's tail
+def test_region_of_is_torch_max(m, size):
+    guide = torch.randn(3, m, *size)
+    guide[0, m // 2] = guide[0, -1]  # ties: the first
+    guide[1, m // 2, 0, 0] = float('nan')  # NaN: the largest, as torch.max
+    guide[1, :, 0, 1] = float('nan')  # NaNs: the first
+    guide[1, -1, 0, 2] = float('nan')  # NaN after a larger value
+    guide[1, 0, 0, 2] = 1e30
+    guide[2, :, -1, -1] = float('-inf')
     want = guide.max(dim=1).indices.view(3, -1)
     assert torch.equal(cpu_kernels.region_of(guide), want)
 
