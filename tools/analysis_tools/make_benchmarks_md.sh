@@ -3,7 +3,7 @@
 # full results (below the results marker), from three runs of benchmark_drconv.py, each a fresh
 # process, on the target layers and the detection model; the method text between them is kept.
 # Run on a quiet machine from anywhere:  bash tools/analysis_tools/make_benchmarks_md.sh
-# Knobs (environment): PY (default .venv/bin/python), THREADS (2), REPEAT (10), MODEL_REPEAT (5),
+# Knobs (environment): PY (default .venv/bin/python), THREADS (2), REPEAT (30), MODEL_REPEAT (7),
 # MALLOC (glibc's settings the runs get; default: freed memory kept for reuse, so that no
 # variant pays page faults for fresh memory on every call).
 # stderr goes to work_dirs/benchmarks/log.txt, each run's JSON to work_dirs/benchmarks/.
@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 THREADS=${THREADS:-2}
-REPEAT=${REPEAT:-10}
-MODEL_REPEAT=${MODEL_REPEAT:-5}
+REPEAT=${REPEAT:-30}
+MODEL_REPEAT=${MODEL_REPEAT:-7}
 MALLOC=${MALLOC:-MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296}
 DET=configs/det/faster-rcnn_r50-drconv-c3-c5_fpn_1x_coco.py
 SEG=configs/seg/deeplabv3_r50-d8-drconv-c3-c5_4xb2-40k_cityscapes-512x1024.py
