@@ -318,8 +318,9 @@ def scores_from_responses(geo: Geometry, c_in: int, c_out: int) -> bool:
 
 
 def factor_grad_rows(c_out: int, threads: int) -> int:
-    """Output channels per work item of the factored filter gradient: about three items per
-    thread, in whole register tiles (12 rows)."""
+    """Output channels per block of the factored filter gradient (the coefficients' gradient is
+    summed per block, then over the blocks): about three blocks per thread, in whole register
+    tiles (12 rows). The kernel's work items are runs of consecutive blocks."""
     per_item = -(-c_out // (3 * threads))
     return -(-per_item // 12) * 12
 
