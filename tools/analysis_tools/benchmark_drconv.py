@@ -33,7 +33,8 @@ records them (frees of blocks allocated before the run are not counted); on CUDA
 Model mode (``--model``) builds a config's model and its baseline (``--model-base-config``, by
 default the config without its DRConv entries), copies the baseline's weights into the DRConv
 model and sets its generator parameters non-zero, then times inference (``model.test_step``,
-one image of ``--infer-shape``), the two models interleaved, then training steps (data
+one image of ``--infer-shape``; a two-stage detector's RoI head given the baseline's
+proposals, see :func:`baseline_proposals`), the two models interleaved, then training steps (data
 preprocessor, forward, losses, backward, SGD step; ``model.train_step``) on a random batch of
 ``--batch`` x ``--input-shape``, interleaved likewise, and measures the peak extra memory of a
 training step and the parameters. Each mode is timed apart, as each is run: an inference right
@@ -428,6 +429,8 @@ def model_runs(args: argparse.Namespace) -> Tuple[Dict[Tuple[str, str], Callable
     from mmengine.optim import OptimWrapper
     from drconv_mm.analysis import models
     cfg = models.load_config(args.model)
+    # seeded first: the weights (and what the models compute) do not depend on what ran before
+    torch.manual_seed(args.seed)
     built = {'drconv': models.build_model(cfg),
              'baseline': (models.build_model(models.load_config(args.model_base_config))
                           if args.model_base_config else models.build_model(cfg, baseline=True))}
@@ -439,6 +442,7 @@ def model_runs(args: argparse.Namespace) -> Tuple[Dict[Tuple[str, str], Callable
             if isinstance(module, DRConv2d):
                 for p in module.filter_generator.parameters():
                     p.normal_(0, 0.02)
+    proposals = baseline_proposals(built['baseline'], args)
     runs = {}
     for name, model in built.items():
         # lr 0: every step does the optimizer's arithmetic and leaves the weights as they are
@@ -453,7 +457,10 @@ def model_runs(args: argparse.Namespace) -> Tuple[Dict[Tuple[str, str], Callable
         def inference(model=model, packed=infer) -> None:
             model.eval()
             with torch.no_grad():
-                model.test_step(dict(packed))
+                if proposals is None:
+                    model.test_step(dict(packed))
+                else:
+                    predict_with_proposals(model, packed, proposals)
 
         runs[(name, 'train_step')], runs[(name, 'inference')] = train_step, inference
     facts = dict(config=args.model, base_config=args.model_base_config or 'without DRConv',
@@ -461,6 +468,32 @@ def model_runs(args: argparse.Namespace) -> Tuple[Dict[Tuple[str, str], Callable
                          for name, m in built.items()},
                  drconv_layers=sum(isinstance(m, DRConv2d) for m in built['drconv'].modules()))
     return runs, facts
+
+
+def baseline_proposals(model: torch.nn.Module, args: argparse.Namespace) -> Optional[list]:
+    """The baseline's region proposals on the inference image (a two-stage detector's), else
+    None. Untrained, the two models propose different boxes, and RoIAlign's work grows with
+    the boxes' sizes (adaptive sampling): both models' RoI heads take the baseline's."""
+    if not (hasattr(model, 'rpn_head') and hasattr(model, 'roi_head')):
+        return None
+    from drconv_mm.analysis import models
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(models.fake_batch(model, 1, args.infer_shape, args.seed),
+                                       False)
+        return model.rpn_head.predict(model.extract_feat(data['inputs']), data['data_samples'],
+                                      rescale=False)
+
+
+def predict_with_proposals(model: torch.nn.Module, packed: dict, proposals: list) -> list:
+    """A two-stage detector's ``test_step`` (features, the RPN's proposals, the RoI head's
+    detections, rescaled to the image) with its RoI head given ``proposals`` instead of its
+    RPN's, which still runs."""
+    data = model.data_preprocessor(dict(packed), False)
+    feats = model.extract_feat(data['inputs'])
+    model.rpn_head.predict(feats, data['data_samples'], rescale=False)
+    results = model.roi_head.predict(feats, proposals, data['data_samples'], rescale=True)
+    return model.add_pred_to_datasample(data['data_samples'], results)
 
 
 def benchmark_model(args: argparse.Namespace) -> Dict[str, Any]:
