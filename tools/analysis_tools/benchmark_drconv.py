@@ -33,16 +33,18 @@ records them (frees of blocks allocated before the run are not counted); on CUDA
 Model mode (``--model``) builds a config's model and its baseline (``--model-base-config``, by
 default the config without its DRConv entries), copies the baseline's weights into the DRConv
 model and sets its generator parameters non-zero, then times inference (``model.test_step``,
-one image of ``--infer-shape``; a two-stage detector's RoI head given the baseline's
-proposals, see :func:`baseline_proposals`), the two models interleaved, then training steps (data
+one image of ``--infer-shape``), the two models interleaved, then training steps (data
 preprocessor, forward, losses, backward, SGD step; ``model.train_step``) on a random batch of
 ``--batch`` x ``--input-shape``, interleaved likewise, and measures the peak extra memory of a
-training step and the parameters. Each mode is timed apart, as each is run: an inference right
-after a training step ran up to about 0.5 s slower (Faster R-CNN at 800x1333, 2 threads),
+training step and the parameters. A two-stage detector's RoI heads take the baseline's
+proposals in both modes (:func:`baseline_proposals`). Each mode is timed apart, as each is
+run: an inference right after a training step ran up to about 0.5 s slower (Faster R-CNN at
+800x1333, 2 threads),
 which skewed the ratio by whichever model's training step happened to come before.
 Models are built without pretrained weights; nothing is downloaded.
 """
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -442,25 +444,25 @@ def model_runs(args: argparse.Namespace) -> Tuple[Dict[Tuple[str, str], Callable
             if isinstance(module, DRConv2d):
                 for p in module.filter_generator.parameters():
                     p.normal_(0, 0.02)
-    proposals = baseline_proposals(built['baseline'], args)
+    batches = {name: (models.fake_batch(model, args.batch, args.input_shape, args.seed),
+                      models.fake_batch(model, 1, args.infer_shape, args.seed))
+               for name, model in built.items()}
+    proposals = baseline_proposals(built['baseline'], *batches['baseline'])
     runs = {}
     for name, model in built.items():
         # lr 0: every step does the optimizer's arithmetic and leaves the weights as they are
         wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9))
-        train = models.fake_batch(model, args.batch, args.input_shape, args.seed)
-        infer = models.fake_batch(model, 1, args.infer_shape, args.seed)
+        train, infer = batches[name]
 
         def train_step(model=model, wrapper=wrapper, packed=train) -> None:
             model.train()
-            model.train_step(dict(packed), wrapper)
+            with rpn_proposals(model, 'loss_and_predict', proposals):
+                model.train_step(dict(packed), wrapper)
 
         def inference(model=model, packed=infer) -> None:
             model.eval()
-            with torch.no_grad():
-                if proposals is None:
-                    model.test_step(dict(packed))
-                else:
-                    predict_with_proposals(model, packed, proposals)
+            with torch.no_grad(), rpn_proposals(model, 'predict', proposals):
+                model.test_step(dict(packed))
 
         runs[(name, 'train_step')], runs[(name, 'inference')] = train_step, inference
     facts = dict(config=args.model, base_config=args.model_base_config or 'without DRConv',
@@ -470,30 +472,48 @@ def model_runs(args: argparse.Namespace) -> Tuple[Dict[Tuple[str, str], Callable
     return runs, facts
 
 
-def baseline_proposals(model: torch.nn.Module, args: argparse.Namespace) -> Optional[list]:
-    """The baseline's region proposals on the inference image (a two-stage detector's), else
-    None. Untrained, the two models propose different boxes, and RoIAlign's work grows with
-    the boxes' sizes (adaptive sampling): both models' RoI heads take the baseline's."""
+def baseline_proposals(model: torch.nn.Module, train: dict,
+                       infer: dict) -> Optional[Dict[str, list]]:
+    """A two-stage detector's region proposals on the training batch ('loss_and_predict') and
+    the inference image ('predict'), else None. Untrained, the DRConv model and its baseline
+    propose different boxes, and the RoI head's work grows with the boxes' sizes (RoIAlign
+    samples each box adaptively): both RoI heads take the baseline's (see rpn_proposals)."""
     if not (hasattr(model, 'rpn_head') and hasattr(model, 'roi_head')):
         return None
-    from drconv_mm.analysis import models
-    model.eval()
     with torch.no_grad():
-        data = model.data_preprocessor(models.fake_batch(model, 1, args.infer_shape, args.seed),
-                                       False)
-        return model.rpn_head.predict(model.extract_feat(data['inputs']), data['data_samples'],
-                                      rescale=False)
+        model.train()
+        data = model.data_preprocessor(dict(train), True)
+        cfg = model.train_cfg.get('rpn_proposal', model.test_cfg.rpn)
+        _, for_training = model.rpn_head.loss_and_predict(
+            model.extract_feat(data['inputs']), data['data_samples'], proposal_cfg=cfg)
+        model.eval()
+        data = model.data_preprocessor(dict(infer), False)
+        for_inference = model.rpn_head.predict(model.extract_feat(data['inputs']),
+                                               data['data_samples'], rescale=False)
+    return {'loss_and_predict': for_training, 'predict': for_inference}
 
 
-def predict_with_proposals(model: torch.nn.Module, packed: dict, proposals: list) -> list:
-    """A two-stage detector's ``test_step`` (features, the RPN's proposals, the RoI head's
-    detections, rescaled to the image) with its RoI head given ``proposals`` instead of its
-    RPN's, which still runs."""
-    data = model.data_preprocessor(dict(packed), False)
-    feats = model.extract_feat(data['inputs'])
-    model.rpn_head.predict(feats, data['data_samples'], rescale=False)
-    results = model.roi_head.predict(feats, proposals, data['data_samples'], rescale=True)
-    return model.add_pred_to_datasample(data['data_samples'], results)
+@contextlib.contextmanager
+def rpn_proposals(model: torch.nn.Module, method: str,
+                  proposals: Optional[Dict[str, list]]) -> Iterator[None]:
+    """Inside the block, the RPN's ``method`` runs as before but hands the RoI head copies of
+    ``proposals[method]`` (the RoI head renames their fields); nothing changes when
+    ``proposals`` is None."""
+    if proposals is None:
+        yield
+        return
+    original = getattr(model.rpn_head, method)
+
+    def with_fixed(*args, **kwargs):
+        result = original(*args, **kwargs)
+        fixed = [p.clone() for p in proposals[method]]
+        return (result[0], fixed) if method == 'loss_and_predict' else fixed
+
+    setattr(model.rpn_head, method, with_fixed)
+    try:
+        yield
+    finally:
+        delattr(model.rpn_head, method)
 
 
 def benchmark_model(args: argparse.Namespace) -> Dict[str, Any]:
