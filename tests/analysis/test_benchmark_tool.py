@@ -85,3 +85,35 @@ def test_config_layers_and_model_mode(capsys, tool):
     assert model['params']['drconv'] > model['params']['baseline']
     assert all(v > 0 for v in model['train_memory_bytes'].values())
     assert model['targets'] == {}  # not the detection target's config and sizes
+
+
+def test_rpn_proposals_hand_the_roi_head_copies_of_the_given_ones(tool):
+    import types
+
+    import torch
+    from mmengine.structures import InstanceData
+    bench = tool('analysis_tools/benchmark_drconv')
+    calls = []
+
+    class RPN:
+        def predict(self, *args, **kwargs):
+            calls.append('predict')
+            return ['own']
+
+        def loss_and_predict(self, *args, **kwargs):
+            calls.append('loss_and_predict')
+            return {'loss': 1.0}, ['own']
+
+    model = types.SimpleNamespace(rpn_head=RPN())
+    given = {'predict': [InstanceData(bboxes=torch.ones(2, 4))],
+             'loss_and_predict': [InstanceData(bboxes=torch.zeros(3, 4))]}
+    with bench.rpn_proposals(model, 'predict', given):
+        (got,) = model.rpn_head.predict()
+    assert torch.equal(got.bboxes, given['predict'][0].bboxes) and got is not given['predict'][0]
+    with bench.rpn_proposals(model, 'loss_and_predict', given):
+        losses, (got,) = model.rpn_head.loss_and_predict()
+    assert losses == {'loss': 1.0} and torch.equal(got.bboxes, torch.zeros(3, 4))
+    assert calls == ['predict', 'loss_and_predict']  # the RPN itself still ran
+    assert model.rpn_head.predict() == ['own']  # restored after the block
+    with bench.rpn_proposals(model, 'predict', None):  # not a two-stage detector: as is
+        assert model.rpn_head.predict() == ['own']
