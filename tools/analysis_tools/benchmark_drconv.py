@@ -39,12 +39,13 @@ preprocessor, forward, losses, backward, SGD step; ``model.train_step``) on a ra
 training step and the parameters. A two-stage detector's RoI heads take the baseline's
 proposals in both modes (:func:`baseline_proposals`). Each mode is timed apart, as each is
 run: an inference right after a training step ran up to about 0.5 s slower (Faster R-CNN at
-800x1333, 2 threads),
-which skewed the ratio by whichever model's training step happened to come before.
+800x1333, 2 threads), which skewed the ratio by whichever model's training step happened to
+come before.
 Models are built without pretrained weights; nothing is downloaded.
 """
 import argparse
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -478,14 +479,17 @@ def baseline_proposals(model: torch.nn.Module, train: dict,
     the inference image ('predict'), else None. Untrained, the DRConv model and its baseline
     propose different boxes, and the RoI head's work grows with the boxes' sizes (RoIAlign
     samples each box adaptively): both RoI heads take the baseline's (see rpn_proposals)."""
-    if not (hasattr(model, 'rpn_head') and hasattr(model, 'roi_head')):
+    if not (getattr(model, 'with_rpn', False) and getattr(model, 'with_roi_head', False)):
         return None
     with torch.no_grad():
         model.train()
         data = model.data_preprocessor(dict(train), True)
+        samples = copy.deepcopy(data['data_samples'])
+        for sample in samples:  # the RPN's classes, as the detector's loss gives them
+            sample.gt_instances.labels = torch.zeros_like(sample.gt_instances.labels)
         cfg = model.train_cfg.get('rpn_proposal', model.test_cfg.rpn)
         _, for_training = model.rpn_head.loss_and_predict(
-            model.extract_feat(data['inputs']), data['data_samples'], proposal_cfg=cfg)
+            model.extract_feat(data['inputs']), samples, proposal_cfg=cfg)
         model.eval()
         data = model.data_preprocessor(dict(infer), False)
         for_inference = model.rpn_head.predict(model.extract_feat(data['inputs']),
