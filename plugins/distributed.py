@@ -74,3 +74,10 @@ def prepare_distributed(cfg: Config, launcher: str) -> None:
         timeout = dist_cfg.get('timeout')
         extra = {} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))
         dist.init_process_group(backend=dist_cfg['backend'], **extra)
+
+
+def end_distributed() -> None:
+    """Destroys the process group, if one was initialised: PyTorch asks programs to do so before
+    they exit, rather than leave the group's threads to the interpreter's teardown."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

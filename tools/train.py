@@ -27,7 +27,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner, find_latest_checkpoint  # noqa: E402
 
 from drconv_mm.det.data_check import check_data_paths  # noqa: E402
-from drconv_mm.distributed import prepare_distributed  # noqa: E402
+from drconv_mm.distributed import end_distributed, prepare_distributed  # noqa: E402
 from drconv_mm.registered_types import check_registered_types  # noqa: E402
 
 
@@ -98,6 +98,7 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f'error: {error}')
     build_runner(cfg).train()
+    end_distributed()
 
 
 if __name__ == '__main__':
