@@ -112,10 +112,12 @@ struct Pixel {
 };
 
 // Layer geometry, and a table of the output pixels (B * L), so that finding a tap takes no
-// division (two per lookup cost a third of the forward's time).
+// division (two per lookup cost a third of the forward's time); `pointwise`: a 1x1 kernel at
+// stride 1 without padding, whose output pixel is its input pixel (no lookup at all).
 struct Geometry {
   int64_t batch, regions, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw;
   Pixel* pixels;
+  bool pointwise;
 };
 
 }  // namespace
@@ -156,6 +158,7 @@ namespace {
 // tensor of x's geometry, or nullptr when the tap falls in the padding.
 template <class T>
 inline T* tap_of(const Geometry& g, T* t, int64_t row, int64_t i, int64_t j) {
+  if (g.pointwise) return t + row * g.c_in;
   const Pixel& p = g.pixels[row];
   const int64_t ih = p.ih + i * g.dh, iw = p.iw + j * g.dw;
   if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) return nullptr;
@@ -578,20 +581,40 @@ struct FilterGradTile {
   }
 };
 
-// Patch gradient: `out` = the ROWS sorted pixels' output gradient, packed (`grads`: (C_out,
-// BLOCK_ROWS)), times the packed block of one tap's `width` input channels of a group's filters
-// (`weights`: (C_out, BLOCK)), the pixels' patch gradient at those channels. The gradient read
-// through one pointer, the loop keeps the block's filter vectors in registers (through ROWS
-// row pointers it ran out of them). Not inlined, with accumulators of its own, as response:
-// inlined, the compiler loaded each filter vector ROWS times (folded into the multiply-adds)
-// or kept accumulators in memory.
-template <int ROWS, int V>
-__attribute__((noinline)) void patch_grad(const Geometry& g, const float* grads,
-                                          const float* weights, vec (&out)[ROWS][V]) {
+// The output gradient of a tile's pixels as patch_grad reads it, channel after channel: packed
+// (C_out, BLOCK_ROWS) and read through one pointer (PackedGrads), or read from each pixel's
+// output gradient row (GradRows: no packing, for a tile that meets one tap only).
+struct PackedGrads {
+  const float* at;
+  float operator[](int r) const { return at[r]; }
+  void next() { at += BLOCK_ROWS; }
+};
+template <int ROWS>
+struct GradRows {
+  const float* row[ROWS];
+  GradRows(const float* grad_rows, const int64_t* rows, int64_t c_out) {
+    for (int r = 0; r < ROWS; ++r) row[r] = grad_rows + rows[r] * c_out;
+  }
+  float operator[](int r) const { return *row[r]; }
+  void next() {
+    for (int r = 0; r < ROWS; ++r) ++row[r];
+  }
+};
+
+// Patch gradient: `out` = the ROWS sorted pixels' output gradient (`grads`) times the packed
+// block of one tap's `width` input channels of a group's filters (`weights`: (C_out, BLOCK)),
+// the pixels' patch gradient at those channels; each sum from zero over the output channels in
+// order. Packed, the gradient is read through one pointer and the loop keeps the block's filter
+// vectors in registers (through ROWS row pointers it ran out of them at AVX-512's 12 rows). Not
+// inlined, with accumulators of its own, as response: inlined, the compiler loaded each filter
+// vector ROWS times (folded into the multiply-adds) or kept accumulators in memory.
+template <int ROWS, int V, class Grads>
+__attribute__((noinline)) void patch_grad(const Geometry& g, Grads grads, const float* weights,
+                                          vec (&out)[ROWS][V]) {
   vec acc[ROWS][V];
   for (int r = 0; r < ROWS; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = vzero();
-  for (int64_t c = 0; c < g.c_out; ++c, grads += BLOCK_ROWS, weights += BLOCK) {
+  for (int64_t c = 0; c < g.c_out; ++c, grads.next(), weights += BLOCK) {
     vec wv[V];
     for (int v = 0; v < V; ++v) wv[v] = vload(weights + LANES * v);
     for (int r = 0; r < ROWS; ++r) {
@@ -613,15 +636,18 @@ inline void add_to(float* t, const vec (&sum)[V], int64_t width) {
 }
 
 // Input gradient: `width` input channels (from `first`) of tap (i, j) of the ROWS sorted pixels
-// `rows`, their patch gradient (their output gradient packed in `grads`, as patch_grad reads
-// it), added to grad_x (B, H, W, C_in).
+// `rows`, their patch gradient, added to grad_x (B, H, W, C_in). Their output gradient: packed
+// in `grads` (PackedGrads), or, where `grads` is null, read from their rows of `grad_rows`.
 template <int ROWS, int V>
 struct InputGradTile {
-  static void run(const Geometry& g, const float* grads, const float* weights,
-                  const int64_t* rows, float* grad_x, int64_t i, int64_t j, int64_t first,
-                  int64_t width) {
+  static void run(const Geometry& g, const float* grads, const float* grad_rows,
+                  const float* weights, const int64_t* rows, float* grad_x, int64_t i, int64_t j,
+                  int64_t first, int64_t width) {
     vec acc[ROWS][V];
-    patch_grad(g, grads, weights, acc);
+    if (grads)
+      patch_grad(g, PackedGrads{grads}, weights, acc);
+    else
+      patch_grad(g, GradRows<ROWS>(grad_rows, rows, g.c_out), weights, acc);
     for (int r = 0; r < ROWS; ++r) {
       float* t = tap_of(g, grad_x, rows[r], i, j);
       if (t) add_to(t + first, acc[r], width);
@@ -642,7 +668,7 @@ struct PatchGradScoreTile {
                   float* scores, int64_t region, int selected_from, int selected_to,
                   float* grad_x) {
     vec acc[ROWS][V];
-    patch_grad(g, grads, weights, acc);
+    patch_grad(g, PackedGrads{grads}, weights, acc);
     for (int r = 0; r < ROWS; ++r) {
       const float* t = tap_of(g, x, rows[r], i, j);
       if (!t) continue;
@@ -910,7 +936,9 @@ struct LayerGeometry : Geometry {
   explicit LayerGeometry(const int64_t* shape)
       : Geometry{shape[0],  shape[1],  shape[2],  shape[3],  shape[4],  shape[5],
                  shape[6],  shape[7],  shape[8],  shape[9],  shape[10], shape[11],
-                 shape[12], shape[13], shape[14], shape[15], nullptr} {
+                 shape[12], shape[13], shape[14], shape[15], nullptr,
+                 shape[8] * shape[9] == 1 && shape[10] * shape[11] == 1 &&
+                     shape[12] == 0 && shape[13] == 0} {
     pixels = static_cast<Pixel*>(malloc(std::max<int64_t>(batch * h_out * w_out, 1) *
                                         sizeof(Pixel)));
     if (!pixels) return;
@@ -1050,14 +1078,16 @@ extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float*
           block.pack_groups(groups, n, first, width);
           for (int s = 0; s < n; ++s) {
             // every tap of a tile before the next: its output gradient, packed once, stays in L1
+            // (one tap: read where it lies, as packing it took as long as the multiply-adds)
             const int64_t lo = starts[groups[s]], hi = starts[groups[s] + 1];
+            const bool packed = g.kh * g.kw > 1;
             for (int64_t row = lo; row < hi; row += BLOCK_ROWS) {
               const int rows = static_cast<int>(std::min<int64_t>(hi - row, BLOCK_ROWS));
-              block.pack_grads(grad_rows, order + row, rows);
+              if (packed) block.pack_grads(grad_rows, order + row, rows);
               for (int64_t tap = 0; tap < g.kh * g.kw; ++tap)
                 dispatch<InputGradTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                    rows, width, g, block.tile_grads(), block.at(tap, s), order + row, grad_x,
-                    tap / g.kw, tap % g.kw, first, width);
+                    rows, width, g, packed ? block.tile_grads() : nullptr, grad_rows,
+                    block.at(tap, s), order + row, grad_x, tap / g.kw, tap % g.kw, first, width);
             }
           }
         }
