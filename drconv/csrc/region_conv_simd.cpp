@@ -525,17 +525,16 @@ inline void add_score(const vec (&acc)[V], const float* grad, int64_t first, int
 }
 
 // Scores from responses: the ROWS pixels' response to one region's panel, times their output
-// gradient there, added to scores[row * m + region].
+// gradient there, added to their sums (`sums[r]`, row r's).
 template <int ROWS, int V>
 struct ResponseScoreTile {
   static void run(const Geometry& g, const float* x, const float* zero_row, const float* panel,
-                  const int64_t* rows, const float* grad_rows, float* scores, int64_t region,
-                  int64_t first, int64_t width) {
+                  const int64_t* rows, const float* grad_rows, float* sums, int64_t first,
+                  int64_t width) {
     vec acc[ROWS][V];
     response(g, x, zero_row, panel, rows, acc);
     for (int r = 0; r < ROWS; ++r)
-      add_score(acc[r], grad_rows + rows[r] * g.c_out, first, width,
-                scores[rows[r] * g.regions + region]);
+      add_score(acc[r], grad_rows + rows[r] * g.c_out, first, width, sums[r]);
   }
 };
 
@@ -657,16 +656,15 @@ struct InputGradTile {
 
 // Region scores: for the ROWS sorted pixels `rows` and one region, the part of
 // s = <output gradient, region's response> = <patch gradient, patch> from `width` input channels
-// (from `first`) of tap (i, j), added to scores[row * m + region]. Their output gradient and
-// the region's filters come packed in `grads` and `weights` as patch_grad reads them. Rows
+// (from `first`) of tap (i, j), added to the tile's sums (`sums[r]`, row r's). Their output
+// gradient and the region's filters come packed in `grads` and `weights` as patch_grad reads them. Rows
 // selected_from .. selected_to of the tile belong to the region: with grad_x (1x1 kernels, where
 // no two pixels share an input pixel), their patch gradient, x's, is added to it.
 template <int ROWS, int V>
 struct PatchGradScoreTile {
   static void run(const Geometry& g, const float* x, const float* grads, const float* weights,
                   const int64_t* rows, int64_t i, int64_t j, int64_t first, int64_t width,
-                  float* scores, int64_t region, int selected_from, int selected_to,
-                  float* grad_x) {
+                  float* sums, int selected_from, int selected_to, float* grad_x) {
     vec acc[ROWS][V];
     patch_grad(g, PackedGrads{grads}, weights, acc);
     for (int r = 0; r < ROWS; ++r) {
@@ -675,7 +673,7 @@ struct PatchGradScoreTile {
       vec dot = vzero();
       for (int v = 0; v < V; ++v)
         dot = vfma(acc[r][v], vload_part(t + first + LANES * v, width - LANES * v), dot);
-      scores[rows[r] * g.regions + region] += vsum(dot);
+      sums[r] += vsum(dot);
       if (grad_x && r >= selected_from && r < selected_to)
         add_to(grad_x + (t - x) + first, acc[r], width);
     }
@@ -1137,6 +1135,11 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
           const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
           for (int64_t chunk = lo; chunk < hi; chunk += SCORE_CHUNK) {
             const int64_t end = std::min(hi, chunk + SCORE_CHUNK);
+            // the chunk's scores summed here (in the same order), read and written back once:
+            // added there part by part, their scattered rows took a fifth of the time
+            float sums[SCORE_CHUNK];
+            for (int64_t row = chunk; row < end; ++row)
+              sums[row - chunk] = scores[order[row] * g.regions + region];
             // the chunk's output gradient, packed once for every tap and block
             for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile)
               block.pack_grads(grad_rows, order + row,
@@ -1156,10 +1159,13 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
                       static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
                   dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
                       rows, width, g, x, block.tile_grads(tile), weights, order + row,
-                      tap / g.kw, tap % g.kw, first, width, scores, region, from, to, grad_x);
+                      tap / g.kw, tap % g.kw, first, width, sums + (row - chunk), from, to,
+                      grad_x);
                 }
               }
             }
+            for (int64_t row = chunk; row < end; ++row)
+              scores[order[row] * g.regions + region] = sums[row - chunk];
           }
         }
       },
@@ -1191,6 +1197,7 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
                                                    scores[row * g.regions + region]);
             }
         int64_t rows[SCORE_CHUNK];
+        float sums[SCORE_CHUNK];
         for (int64_t p0 = 0; p0 < panels; p0 += formed) {
           const int64_t n_panels = std::min(panels - p0, formed);
           for (int64_t p = 0; p < n_panels; ++p)
@@ -1201,15 +1208,18 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
             for (int64_t row = sample * pixels + chunk;
                  row < sample * pixels + std::min(pixels, chunk + SCORE_CHUNK); ++row)
               if (!responses || region_of[row] != region) rows[n++] = row;
+            // the chunk's scores summed here, as the patch gradients' are
+            for (int64_t q = 0; q < n; ++q) sums[q] = scores[rows[q] * g.regions + region];
             for (int64_t p = 0; p < n_panels; ++p) {
               const int64_t first = (p0 + p) * PANEL;
               const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
               for (int64_t q = 0; q < n; q += MAX_ROWS)
                 dispatch<ResponseScoreTile, MAX_ROWS, VECTORS>(
                     static_cast<int>(std::min<int64_t>(n - q, MAX_ROWS)), width, g, x,
-                    filter.zero_row, filter.panel(p), rows + q, grad_rows, scores, region,
-                    first, width);
+                    filter.zero_row, filter.panel(p), rows + q, grad_rows, sums + q, first,
+                    width);
             }
+            for (int64_t q = 0; q < n; ++q) scores[rows[q] * g.regions + region] = sums[q];
           }
         }
       },
