@@ -582,7 +582,7 @@ struct FilterGradTile {
 
 // The output gradient of a tile's pixels as patch_grad reads it, channel after channel: packed
 // (C_out, BLOCK_ROWS) and read through one pointer (PackedGrads), or read from each pixel's
-// output gradient row (GradRows: no packing, for a tile that meets one tap only).
+// output gradient row (GradRows: no packing).
 struct PackedGrads {
   const float* at;
   float operator[](int r) const { return at[r]; }
@@ -603,10 +603,10 @@ struct GradRows {
 // Patch gradient: `out` = the ROWS sorted pixels' output gradient (`grads`) times the packed
 // block of one tap's `width` input channels of a group's filters (`weights`: (C_out, BLOCK)),
 // the pixels' patch gradient at those channels; each sum from zero over the output channels in
-// order. Packed, the gradient is read through one pointer and the loop keeps the block's filter
-// vectors in registers (through ROWS row pointers it ran out of them at AVX-512's 12 rows). Not
-// inlined, with accumulators of its own, as response: inlined, the compiler loaded each filter
-// vector ROWS times (folded into the multiply-adds) or kept accumulators in memory.
+// order. Packed, the gradient is read through one pointer (ROWS row pointers take as many
+// registers). Not inlined, with accumulators of its own, as response: inlined, the compiler
+// loaded each filter vector ROWS times (folded into the multiply-adds) or kept accumulators in
+// memory.
 template <int ROWS, int V, class Grads>
 __attribute__((noinline)) void patch_grad(const Geometry& g, Grads grads, const float* weights,
                                           vec (&out)[ROWS][V]) {
@@ -1075,10 +1075,12 @@ extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float*
           if (!n) continue;
           block.pack_groups(groups, n, first, width);
           for (int s = 0; s < n; ++s) {
-            // every tap of a tile before the next: its output gradient, packed once, stays in L1
-            // (one tap: read where it lies, as packing it took as long as the multiply-adds)
+            // every tap of a tile before the next, its output gradient in L1: read where it
+            // lies (packing it again for each block took as long as the multiply-adds at 1x1,
+            // and at 3x3 it was 5% slower with AVX2's 6 rows), packed once where 12 row
+            // pointers (AVX-512) would leave too few registers for the loop
             const int64_t lo = starts[groups[s]], hi = starts[groups[s] + 1];
-            const bool packed = g.kh * g.kw > 1;
+            const bool packed = g.kh * g.kw > 1 && BLOCK_ROWS > 6;
             for (int64_t row = lo; row < hi; row += BLOCK_ROWS) {
               const int rows = static_cast<int>(std::min<int64_t>(hi - row, BLOCK_ROWS));
               if (packed) block.pack_grads(grad_rows, order + row, rows);
