@@ -226,6 +226,23 @@ void pack_panel(const float* rows, int64_t K, int64_t width, float* panel) {
       panel[k * PANEL + j] = j < width ? rows[j * K + k] : 0.f;
 }
 
+// As pack_panel for rows of filters laid out (C_in, taps) instead of (taps, C_in):
+// panel[(t * c_in + i) * PANEL + j] = rows[j * K + i * taps + t] for j < width, zero for
+// width <= j < PANEL, in tiles of LANES rows by LANES taps (of one input channel) where they fit.
+void pack_panel_by_channel(const float* rows, int64_t c_in, int64_t taps, int64_t width,
+                           float* panel) {
+  const int64_t K = c_in * taps, tt = taps - taps % LANES, jt = width - width % LANES;
+  for (int64_t j = 0; j < jt; j += LANES)
+    for (int64_t t = 0; t < tt; t += LANES)
+      for (int64_t i = 0; i < c_in; ++i)  // the tiles' rows and their taps' panels in order
+        transpose_tile(rows + j * K + i * taps + t, K, panel + (t * c_in + i) * PANEL + j,
+                       c_in * PANEL);
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t i = 0; i < c_in; ++i)
+      for (int64_t j = t < tt ? jt : 0; j < PANEL; ++j)
+        panel[(t * c_in + i) * PANEL + j] = j < width ? rows[j * K + i * taps + t] : 0.f;
+}
+
 // dst[(o - first_out) * dst_stride + i] = input channels first .. first + width of tap `tap` of
 // output channels o = first_out .. first_out + outs of group `group`'s filter.
 void filter_rows(const Geometry& g, const Filters& f, int64_t group, int64_t first_out,
@@ -401,17 +418,24 @@ struct FilterPanel {
   void pack(int64_t group, int64_t first, int64_t width, int s = 0) {
     const int64_t K = g.kh * g.kw * g.c_in;
     float* panel = panels + s * size;
-    if (f.filters && f.in_stride == 1 && f.tap_stride == g.c_in && f.out_stride == K) {
+    const int64_t taps = g.kh * g.kw;
+    const float* own = f.filters ? f.filters + (f.shared ? group % g.regions : group) *
+                                                   f.group_stride + first * f.out_stride
+                                 : nullptr;
+    if (own && f.in_stride == 1 && (taps == 1 || f.tap_stride == g.c_in) && f.out_stride == K) {
       // rows of K in order: transposed in tiles from where they lie
-      const int64_t index = f.shared ? group % g.regions : group;
-      pack_panel(f.filters + index * f.group_stride + first * K, K, width, panel);
+      pack_panel(own, K, width, panel);
       return;
     }
-    if (f.filters) {  // any other strides: each row gathered into rows of K in order
-      const float* src = f.filters + (f.shared ? group % g.regions : group) * f.group_stride;
-      const int64_t taps = g.kh * g.kw;
+    if (own && f.tap_stride == 1 && f.in_stride == taps && f.out_stride == K) {
+      // (C_out, C_in, kh, kw), as region_conv's filters come: likewise, each input channel's
+      // taps in turn (gathered into rows of K first, then packed, it took 15% of the forward)
+      pack_panel_by_channel(own, g.c_in, taps, width, panel);
+      return;
+    }
+    if (own) {  // any other strides: each row gathered into rows of K in order
       for (int64_t j = 0; j < width; ++j) {
-        const float* row = src + (first + j) * f.out_stride;
+        const float* row = own + j * f.out_stride;
         float* dst = rows + j * K;
         if (f.tap_stride < f.in_stride) {  // e.g. (C_in, kh, kw): read in memory order
           for (int64_t i = 0; i < g.c_in; ++i)
