@@ -628,9 +628,9 @@ struct GradRows {
 // block of one tap's `width` input channels of a group's filters (`weights`: (C_out, BLOCK)),
 // the pixels' patch gradient at those channels; each sum from zero over the output channels in
 // order. Packed, the gradient is read through one pointer (ROWS row pointers take as many
-// registers). Inlined into functions of their own, not inlined, with accumulators of their own
-// (patch_grad, input_grad_taps), as response: inlined into their callers, the compiler loaded
-// each filter vector ROWS times (folded into the multiply-adds) or kept accumulators in memory.
+// registers). Inlined into patch_grad and input_grad_taps, which are not inlined and keep
+// accumulators of their own, as response: inlined into their callers, the compiler loaded each
+// filter vector ROWS times (folded into the multiply-adds) or kept accumulators in memory.
 template <int ROWS, int V, class Grads>
 __attribute__((always_inline)) inline void patch_grad_sums(const Geometry& g, Grads grads,
                                                            const float* weights,
@@ -702,9 +702,9 @@ struct InputGradTile {
 // Region scores: for the ROWS sorted pixels `rows` and one region, the part of
 // s = <output gradient, region's response> = <patch gradient, patch> from `width` input channels
 // (from `first`) of tap (i, j), added to the tile's sums (`sums[r]`, row r's). Their output
-// gradient and the region's filters come packed in `grads` and `weights` as patch_grad reads them. Rows
-// selected_from .. selected_to of the tile belong to the region: with grad_x (1x1 kernels, where
-// no two pixels share an input pixel), their patch gradient, x's, is added to it.
+// gradient and the region's filters come packed in `grads` and `weights` as patch_grad reads
+// them. Rows selected_from .. selected_to of the tile belong to the region: with grad_x (1x1
+// kernels, where no two pixels share an input pixel), their patch gradient, x's, is added to it.
 template <int ROWS, int V>
 struct PatchGradScoreTile {
   static void run(const Geometry& g, const float* x, const float* grads, const float* weights,
