@@ -23,8 +23,6 @@ def check_factors(f: Factors, x: Tensor, guide: Tensor) -> None:
     """Raise ValueError naming the factor and shapes when the factors do not fit x and guide."""
     c_out, c_in, kh, kw = f.weight.shape
     b, m = guide.shape[:2]
-    shapes = ', '.join(f'{name} {tuple(t.shape)}' for name, t in f._asdict().items()
-                       if t is not None)
     n = f.terms.shape[1] if f.terms.dim() >= 2 else -1
     terms_ok = (f.terms.dim() in (4, 6) and f.terms.shape[0] in (1, m)
                 and tuple(f.terms.shape[2:]) in ((c_out, kh, kw, c_in), (c_out, c_in)))
@@ -32,6 +30,8 @@ def check_factors(f: Factors, x: Tensor, guide: Tensor) -> None:
                and f.coef.shape[3] in (1, kh * kw))
     bias_ok = f.bias is None or tuple(f.bias.shape) == (m, c_out, c_in)
     if not (terms_ok and coef_ok and bias_ok):
+        shapes = ', '.join(f'{name} {tuple(t.shape)}' for name, t in f._asdict().items()
+                           if t is not None)
         raise ValueError(
             f'region_conv_factored: factors do not fit guide {tuple(guide.shape)} (B={b}, m={m}) '
             f'and weight (C_out={c_out}, C_in={c_in}, kh={kh}, kw={kw}): {shapes}; expected '
