@@ -113,7 +113,7 @@ struct Pixel {
 
 // Layer geometry, and a table of the output pixels (B * L), so that finding a tap takes no
 // division (two per lookup cost a third of the forward's time); `pointwise`: a 1x1 kernel at
-// stride 1 without padding, whose output pixel is its input pixel (no lookup at all).
+// stride 1 without padding, whose output pixel is its input pixel (no lookup; table unfilled).
 struct Geometry {
   int64_t batch, regions, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw;
   Pixel* pixels;
@@ -647,11 +647,12 @@ __attribute__((always_inline)) inline void patch_grad_sums(const Geometry& g, Gr
   }
 }
 
-template <int ROWS, int V, class Grads>
-__attribute__((noinline)) void patch_grad(const Geometry& g, Grads grads, const float* weights,
-                                          vec (&out)[ROWS][V]) {
+// patch_grad_sums of a packed output gradient, (C_out, BLOCK_ROWS), into `out`.
+template <int ROWS, int V>
+__attribute__((noinline)) void patch_grad(const Geometry& g, const float* grads,
+                                          const float* weights, vec (&out)[ROWS][V]) {
   vec acc[ROWS][V];
-  patch_grad_sums(g, grads, weights, acc);
+  patch_grad_sums(g, PackedGrads{grads}, weights, acc);
   for (int r = 0; r < ROWS; ++r)
     for (int v = 0; v < V; ++v) out[r][v] = acc[r][v];
 }
@@ -711,7 +712,7 @@ struct PatchGradScoreTile {
                   const int64_t* rows, int64_t i, int64_t j, int64_t first, int64_t width,
                   float* sums, int selected_from, int selected_to, float* grad_x) {
     vec acc[ROWS][V];
-    patch_grad(g, PackedGrads{grads}, weights, acc);
+    patch_grad(g, grads, weights, acc);
     for (int r = 0; r < ROWS; ++r) {
       const float* t = tap_of(g, x, rows[r], i, j);
       if (!t) continue;
@@ -984,7 +985,7 @@ struct LayerGeometry : Geometry {
                      shape[12] == 0 && shape[13] == 0} {
     pixels = static_cast<Pixel*>(malloc(std::max<int64_t>(batch * h_out * w_out, 1) *
                                         sizeof(Pixel)));
-    if (!pixels) return;
+    if (!pixels || pointwise) return;  // pointwise: tap_of reads no table
     Pixel* pixel = pixels;
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t i = 0; i < h_out; ++i)
