@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace {
 
@@ -215,15 +216,16 @@ inline void transpose_tile(const float* src, int64_t src_stride, float* dst, int
 }
 #endif
 
-// panel[k * PANEL + j] = rows[j * K + k] for j < width, zero for width <= j < PANEL.
-void pack_panel(const float* rows, int64_t K, int64_t width, float* panel) {
+// panel[k * stride + j] = rows[j * K + k] for j < width, zero for width <= j < PANEL.
+void pack_panel(const float* rows, int64_t K, int64_t width, float* panel,
+                int64_t stride = PANEL) {
   const int64_t kt = K - K % LANES, jt = width - width % LANES;
   for (int64_t j = 0; j < jt; j += LANES)
     for (int64_t k = 0; k < kt; k += LANES)
-      transpose_tile(rows + j * K + k, K, panel + k * PANEL + j, PANEL);
+      transpose_tile(rows + j * K + k, K, panel + k * stride + j, stride);
   for (int64_t k = 0; k < K; ++k)
     for (int64_t j = k < kt ? jt : 0; j < PANEL; ++j)
-      panel[k * PANEL + j] = j < width ? rows[j * K + k] : 0.f;
+      panel[k * stride + j] = j < width ? rows[j * K + k] : 0.f;
 }
 
 // As pack_panel for rows of filters laid out (C_in, taps) instead of (taps, C_in):
@@ -339,34 +341,145 @@ void factored_taps(const Geometry& g, const Filters& f, const int64_t* groups, i
   }
 }
 
-// Calls factored_taps<f.n_terms, S, BY_TAP>(g, f, args...) and returns true, or returns false
-// for more than 8 terms.
-template <int S, bool BY_TAP, class... Args>
-bool with_terms(const Geometry& g, const Filters& f, Args&&... args) {
-  switch (f.n_terms) {
-    case 1: factored_taps<1, S, BY_TAP>(g, f, args...); return true;
-    case 2: factored_taps<2, S, BY_TAP>(g, f, args...); return true;
-    case 3: factored_taps<3, S, BY_TAP>(g, f, args...); return true;
-    case 4: factored_taps<4, S, BY_TAP>(g, f, args...); return true;
-    case 5: factored_taps<5, S, BY_TAP>(g, f, args...); return true;
-    case 6: factored_taps<6, S, BY_TAP>(g, f, args...); return true;
-    case 7: factored_taps<7, S, BY_TAP>(g, f, args...); return true;
-    case 8: factored_taps<8, S, BY_TAP>(g, f, args...); return true;
-    default: return false;
-  }
-}
-
 // Whether factored_taps forms f's filters: factored, with 1..8 terms.
 bool formed_in_registers(const Geometry& g, const Filters& f) {
   return !f.filters && f.n_terms >= 1 && f.n_terms <= 8 && !(f.coef_by_tap && g.kh * g.kw > 64);
 }
 
+// Calls call(N, BY_TAP), as std::integral_constant<int, f.n_terms> and
+// std::bool_constant<f.terms_by_tap>, and returns true where formed_in_registers; else returns
+// false.
+template <class Call>
+bool with_factored(const Geometry& g, const Filters& f, Call call) {
+  if (!formed_in_registers(g, f)) return false;
+  const auto by_tap = [&](auto n) {
+    if (f.terms_by_tap) {
+      call(n, std::true_type());
+    } else {
+      call(n, std::false_type());
+    }
+  };
+  switch (f.n_terms) {
+    case 1: by_tap(std::integral_constant<int, 1>()); break;
+    case 2: by_tap(std::integral_constant<int, 2>()); break;
+    case 3: by_tap(std::integral_constant<int, 3>()); break;
+    case 4: by_tap(std::integral_constant<int, 4>()); break;
+    case 5: by_tap(std::integral_constant<int, 5>()); break;
+    case 6: by_tap(std::integral_constant<int, 6>()); break;
+    case 7: by_tap(std::integral_constant<int, 7>()); break;
+    default: by_tap(std::integral_constant<int, 8>()); break;
+  }
+  return true;
+}
+
 // Calls factored_taps<n_terms, S, terms by tap>(g, f, args...) where formed_in_registers.
 template <int S, class... Args>
 bool with_factored_taps(const Geometry& g, const Filters& f, Args&&... args) {
-  if (!formed_in_registers(g, f)) return false;
-  return f.terms_by_tap ? with_terms<S, true>(g, f, args...)
-                        : with_terms<S, false>(g, f, args...);
+  return with_factored(g, f, [&](auto n, auto by_tap) {
+    factored_taps<decltype(n)::value, S, decltype(by_tap)::value>(g, f, args...);
+  });
+}
+
+// The factors of one forward panel of factored filters (PANEL output channels from `first`),
+// transposed as the panel is (pack_panel: rows of PANEL, zero beyond its width): the weight
+// (K, PANEL), a region's bias (C_in, PANEL) and terms (C_in or K, n_terms, PANEL: a row's terms
+// side by side, not 8 KiB apart in the same cache set). A thread's
+// copy is transposed again only where its panel or region changes (the forward's items run
+// panel by panel): from it a group's panel is formed where the kernel reads it, a few
+// multiply-adds per value (formed as rows of K, then transposed for each group, it took a
+// fifth of the 3x3 forward). Unless `used`, nothing is allocated.
+struct FactorPanel {
+  const Geometry& g;
+  const Filters& f;
+  const int64_t term_k;
+  float* weight;
+  float* bias;
+  float* terms;
+  int64_t first = -1, bias_region = -1, terms_region = -1;
+  const bool used;
+  FactorPanel(const Geometry& geometry, const Filters& filters, bool use)
+      : g(geometry),
+        f(filters),
+        term_k(f.terms_by_tap ? g.kh * g.kw * g.c_in : g.c_in),
+        weight(use ? static_cast<float*>(
+                         aligned_alloc(64, g.kh * g.kw * g.c_in * PANEL * sizeof(float)))
+                   : nullptr),
+        bias(use && f.bias
+                 ? static_cast<float*>(aligned_alloc(64, g.c_in * PANEL * sizeof(float)))
+                 : nullptr),
+        terms(use ? static_cast<float*>(
+                        aligned_alloc(64, f.n_terms * term_k * PANEL * sizeof(float)))
+                  : nullptr),
+        used(use) {}
+  ~FactorPanel() {
+    free(weight);
+    free(bias);
+    free(terms);
+  }
+  FactorPanel(const FactorPanel&) = delete;
+  FactorPanel& operator=(const FactorPanel&) = delete;
+  bool allocated() const { return !used || (weight && terms && (bias || !f.bias)); }
+  // Makes these the factors of the panel from output channel `from` (`width` of them) and of
+  // region `region`.
+  void load(int64_t from, int64_t width, int64_t region) {
+    const int64_t K = g.kh * g.kw * g.c_in;
+    if (from != first) {
+      pack_panel(f.weight + from * K, K, width, weight);
+      first = from;
+      bias_region = terms_region = -1;
+    }
+    if (f.bias && region != bias_region) {
+      pack_panel(f.bias + (region * g.c_out + from) * g.c_in, g.c_in, width, bias);
+      bias_region = region;
+    }
+    const int64_t own = f.terms_by_region ? region : 0;
+    if (own != terms_region) {
+      for (int64_t c = 0; c < f.n_terms; ++c)
+        pack_panel(f.terms + ((own * f.n_terms + c) * g.c_out + from) * term_k, term_k, width,
+                   terms + c * PANEL, f.n_terms * PANEL);
+      terms_region = own;
+    }
+  }
+};
+
+// The panels (pack_panel's layout) of the S groups `groups` of one region, group s's at dst[s],
+// formed from `factors` (loaded for the groups' panel and region) with N terms. Each value is
+// formed as filter_rows forms it: weight + bias, then the terms in order; each term's vector
+// is loaded once for all the samples and, unless the terms are by tap (BY_TAP), for all the
+// taps.
+template <int N, int S, bool BY_TAP>
+void form_panels(const Geometry& g, const Filters& f, const FactorPanel& factors,
+                 const int64_t* groups, float* const* dst) {
+  constexpr int64_t MAX_TAPS = 64;
+  const int64_t taps = g.kh * g.kw, coef_taps = f.coef_by_tap ? taps : 1;
+  float coef[S][N * MAX_TAPS];
+  for (int s = 0; s < S; ++s)
+    for (int64_t c = 0; c < N; ++c)
+      for (int64_t t = 0; t < coef_taps; ++t)
+        coef[s][c * coef_taps + t] = f.coef[(groups[s] * N + c) * coef_taps + t];
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* coef_t = &coef[0][0] + (coef_taps > 1 ? t : 0);
+    for (int64_t i = 0; i < g.c_in; ++i) {
+      const int64_t own = i * PANEL, at = t * g.c_in * PANEL + own;
+      const float* term = factors.terms + (BY_TAP ? t * g.c_in + i : i) * N * PANEL;
+      vec v[S][VECTORS];
+      for (int l = 0; l < VECTORS; ++l) {
+        const vec w = vload(factors.weight + at + l * LANES);
+        const vec static_part = factors.bias ? vadd(w, vload(factors.bias + own + l * LANES)) : w;
+        for (int s = 0; s < S; ++s) v[s][l] = static_part;
+      }
+      for (int c = 0; c < N; ++c) {
+        vec tv[VECTORS];
+        for (int l = 0; l < VECTORS; ++l) tv[l] = vload(term + c * PANEL + l * LANES);
+        for (int s = 0; s < S; ++s) {
+          const vec k = vset1(coef_t[s * N * MAX_TAPS + c * coef_taps]);
+          for (int l = 0; l < VECTORS; ++l) v[s][l] = vfma(k, tv[l], v[s][l]);
+        }
+      }
+      for (int s = 0; s < S; ++s)
+        for (int l = 0; l < VECTORS; ++l) vstore(dst[s] + at + l * LANES, v[s][l]);
+    }
+  }
 }
 
 // The groups `groups` (n <= SAMPLES) padded to SAMPLES with the last (formed twice), and where
@@ -392,8 +505,9 @@ void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t fir
 
 // A thread's `count` filter panels (pack_panel: of as many groups, or of one group's output
 // channels) and a row of zeros for taps in the padding, as response reads them; `rows` holds
-// the filter rows of the `together` panels formed at once (pack_groups: up to SAMPLES; pack: 1)
-// while they are formed, or of explicit filters in another layout while they are gathered.
+// one panel's filter rows while they are formed (pack) or, for explicit filters in another
+// layout, gathered; `factors` (used where `form` and formed_in_registers) the factors
+// form_groups forms panels from.
 struct FilterPanel {
   const Geometry& g;
   const Filters& f;
@@ -401,19 +515,23 @@ struct FilterPanel {
   float* panels;
   float* zero_row;
   float* rows;
-  FilterPanel(const Geometry& geometry, const Filters& filters, int count, int together)
+  FactorPanel factors;
+  FilterPanel(const Geometry& geometry, const Filters& filters, int count, bool form = false)
       : g(geometry),
         f(filters),
         size(g.kh * g.kw * g.c_in * PANEL),
         panels(static_cast<float*>(aligned_alloc(64, count * size * sizeof(float)))),
         zero_row(static_cast<float*>(calloc(g.c_in + LANES, sizeof(float)))),
-        rows(static_cast<float*>(malloc(together * size * sizeof(float)))) {}
+        rows(static_cast<float*>(malloc(size * sizeof(float)))),
+        factors(g, f, form && formed_in_registers(g, f)) {}
   ~FilterPanel() {
     free(panels);
     free(zero_row);
     free(rows);
   }
-  bool allocated() const { return panels && zero_row && rows; }
+  bool allocated() const {
+    return panels && zero_row && rows && factors.allocated();
+  }
   const float* panel(int s = 0) const { return panels + s * size; }
   void pack(int64_t group, int64_t first, int64_t width, int s = 0) {
     const int64_t K = g.kh * g.kw * g.c_in;
@@ -452,18 +570,26 @@ struct FilterPanel {
     }
     pack_panel(rows, K, width, panel);
   }
-  // Panels 0 .. n - 1 of the groups `groups` (n <= SAMPLES, all of one region).
-  void pack_groups(const int64_t* groups, int n, int64_t first, int64_t width) {
-    const int64_t K = g.kh * g.kw * g.c_in;
-    int64_t padded[SAMPLES];
-    float* dst[SAMPLES];
-    pad_groups(groups, n, rows, size, padded, dst);
-    if (n == 1 || !with_factored_taps<SAMPLES>(g, f, padded, first, width, 0, g.c_in, dst, K,
-                                              g.c_in)) {
+  // Panels 0 .. n - 1 of the groups `groups` (n <= SAMPLES, all of region `region`): formed
+  // together from `factors`, else packed one by one.
+  void form_groups(const int64_t* groups, int n, int64_t region, int64_t first, int64_t width) {
+    if (!factors.used) {
       for (int s = 0; s < n; ++s) pack(groups[s], first, width, s);
       return;
     }
-    for (int s = 0; s < n; ++s) pack_panel(rows + s * size, K, width, panels + s * size);
+    factors.load(first, width, region);
+    int64_t padded[SAMPLES];
+    float* dst[SAMPLES];
+    pad_groups(groups, n, panels, size, padded, dst);
+    with_factored(g, f, [&](auto n_terms, auto by_tap) {
+      constexpr int N = decltype(n_terms)::value;
+      constexpr bool BY_TAP = decltype(by_tap)::value;
+      if (n == 1) {
+        form_panels<N, 1, BY_TAP>(g, f, factors, padded, dst);
+      } else {
+        form_panels<N, SAMPLES, BY_TAP>(g, f, factors, padded, dst);
+      }
+    });
   }
 };
 
@@ -1015,28 +1141,33 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
   const LayerGeometry g(shape);
   if (!g.pixels) return 1;
   const int64_t panels = (g.c_out + PANEL - 1) / PANEL;
-  // an item: a region, a chunk of samples (those whose filters are formed together) and a
-  // panel, the panels of a chunk and region consecutive (their pixels' input rows stay in cache)
-  const int samples = formed_in_registers(g, *filters) ? SAMPLES : 1;
-  const int64_t chunks = (g.batch + samples - 1) / samples;
+  // an item: for factored filters, a panel and a region, with every chunk of samples (those
+  // whose filters are formed together) in turn: a thread's factor panel is transposed again
+  // only where the panel or the region changes; for explicit filters, a sample, a region and a
+  // panel, the panels of a sample and region consecutive (their pixels' input rows stay in cache)
+  const bool formed = formed_in_registers(g, *filters);
+  const int samples = formed ? SAMPLES : 1;
   return each_item<FilterPanel>(
-      chunks * g.regions * panels, threads,
+      (formed ? 1 : g.batch) * g.regions * panels, threads,
       [&](FilterPanel& filter, int64_t item) {
-        const int64_t first = (item % panels) * PANEL, region = item / panels % g.regions;
-        const int64_t b0 = item / panels / g.regions * samples;
-        int64_t groups[SAMPLES];
-        const int n = groups_with_pixels(g, starts, b0, samples, region, groups);
-        if (!n) return;
+        const int64_t first = (formed ? item / g.regions : item % panels) * PANEL;
+        const int64_t region = formed ? item % g.regions : item / panels % g.regions;
+        const int64_t b0 = formed ? 0 : item / panels / g.regions;
         const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
-        filter.pack_groups(groups, n, first, width);
-        for (int s = 0; s < n; ++s)
-          for (int64_t row = starts[groups[s]]; row < starts[groups[s] + 1]; row += MAX_ROWS)
-            dispatch<OutputTile, MAX_ROWS, VECTORS>(
-                static_cast<int>(std::min<int64_t>(starts[groups[s] + 1] - row, MAX_ROWS)),
-                width, g, x, filter.zero_row, filter.panel(s), order + row,
-                bias ? bias + first : nullptr, out, responses, first, width);
+        for (int64_t b = b0; b < (formed ? g.batch : b0 + 1); b += samples) {
+          int64_t groups[SAMPLES];
+          const int n = groups_with_pixels(g, starts, b, samples, region, groups);
+          if (!n) continue;
+          filter.form_groups(groups, n, region, first, width);
+          for (int s = 0; s < n; ++s)
+            for (int64_t row = starts[groups[s]]; row < starts[groups[s] + 1]; row += MAX_ROWS)
+              dispatch<OutputTile, MAX_ROWS, VECTORS>(
+                  static_cast<int>(std::min<int64_t>(starts[groups[s] + 1] - row, MAX_ROWS)),
+                  width, g, x, filter.zero_row, filter.panel(s), order + row,
+                  bias ? bias + first : nullptr, out, responses, first, width);
+        }
       },
-      g, *filters, samples, samples);
+      g, *filters, samples, true);
 }
 
 // grad_filters = every group's filter gradient (zero for groups without pixels). One work item
@@ -1270,7 +1401,7 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
           }
         }
       },
-      g, filters, static_cast<int>(formed), 1);
+      g, filters, static_cast<int>(formed));
 }
 
 }  // namespace
