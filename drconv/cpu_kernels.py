@@ -365,7 +365,8 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
         score_source (FilterSource): stand-in filters shared by the samples, (n, C_out, K),
             whose scores are computed instead of the regions' (Tensor[B, L, n]).
         responses (Tensor[B * L, C_out]): the responses :func:`forward` filled, if it did: where
-            :func:`scores_from_responses`, each pixel's own region's score is made from them.
+            :func:`scores_from_responses`, each pixel's own region's score is made from them
+            (with ``score_source``: in the first stand-in's place, which is not computed).
     """
     threads = torch.get_num_threads()
     b, c_in, h, w = x.shape
@@ -399,11 +400,12 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
             score_starts = stand_in_starts(starts, regions, score_regions)
         scores = x.new_zeros(order.numel(), score_regions)
         score_shape = shape_of(x, score_regions, c_out, out_size, geo)  # referenced: a pointer
-        saved = responses is not None and score_source is None
+        # with stand-ins, every pixel "in" the first: its own region's score in that one's place
+        owner = region if score_source is None else torch.zeros_like(region)
         check(lib.drconv_region_scores_f32(
             x_rows.data_ptr(), score_source or source, grad_rows.data_ptr(), order.data_ptr(),
-            score_starts.data_ptr(), region.data_ptr() if saved else None,
-            responses.data_ptr() if saved else None, scores.data_ptr(),
+            score_starts.data_ptr(), owner.data_ptr() if responses is not None else None,
+            responses.data_ptr() if responses is not None else None, scores.data_ptr(),
             grad_x.data_ptr() if fused_x else None,
             score_shape.data_ptr(), threads), 'scores')
         scores = scores.view(b, -1, score_regions)

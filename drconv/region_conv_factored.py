@@ -72,7 +72,8 @@ class FactoredRegionConvFunction(torch.autograd.Function):
                     terms.contiguous(), coef.contiguous())
         region = cpu_kernels.region_of(guide)
         # kept for the guide's scores: each pixel's own region's then costs no convolution
-        keep = (ctx.needs_input_grad[1] and not scores_through_stand_ins(f, m)
+        # (with stand-ins, the static weight's: see backward)
+        keep = (ctx.needs_input_grad[1]
                 and cpu_kernels.scores_from_responses(geo, x.shape[1], c_out))
         responses = x.new_empty(region.numel(), c_out) if keep else None
         out = cpu_kernels.forward(x, cpu_kernels.factored_source(f), m, c_out, region,
@@ -97,9 +98,16 @@ class FactoredRegionConvFunction(torch.autograd.Function):
             need_factors, need_g, factors=f, score_source=score_source, responses=responses)
         grad_g = None
         if need_g:
-            if stand_ins:  # (B, L, 1) + (B, L, n) @ (B, n, m)
-                scores = torch.baddbmm(scores[..., :1], scores[..., 1:],
-                                       f.coef[..., 0].transpose(1, 2))
+            if stand_ins:
+                coef = f.coef[..., 0]  # (B, m, n)
+                weight_scores = scores[..., :1]
+                if responses is not None:
+                    # the kernel gave each pixel's own region's score (from its response) in the
+                    # weight's stead: the weight's is what the terms' scores leave of it
+                    own = coef.gather(1, region[..., None].expand(-1, -1, coef.shape[2]))
+                    weight_scores = weight_scores - (scores[..., 1:] * own).sum(2, keepdim=True)
+                # (B, L, 1) + (B, L, n) @ (B, n, m)
+                scores = torch.baddbmm(weight_scores, scores[..., 1:], coef.transpose(1, 2))
             grad_g = guide_gradient_from_scores(guide, region, scores, ctx.guide_grad)
         grads = grads if need_factors else Factors(None, None, None, None)
         grad_bias = grad_out.sum(dim=(0, 2, 3)) if ctx.needs_input_grad[6] else None

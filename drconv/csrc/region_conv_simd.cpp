@@ -1374,6 +1374,8 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
                                                    grad_rows + row * g.c_out, first, width,
                                                    scores[row * g.regions + region]);
             }
+        // every pixel of the sample in this group (as stand-ins' pixels are in the first): done
+        if (responses && starts[group + 1] - starts[group] == pixels) return;
         int64_t rows[SCORE_CHUNK];
         float sums[SCORE_CHUNK];
         for (int64_t p0 = 0; p0 < panels; p0 += formed) {
