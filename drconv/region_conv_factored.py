@@ -52,7 +52,9 @@ def stand_in_filters(f: Factors) -> Tensor:
 def scores_through_stand_ins(f: Factors, regions: int) -> bool:
     """Whether every region's score is cheaper as a combination of stand-in scores: region j's
     filter is ``weight + sum_c coef[b, j, c] * terms[c]``, so its score is
-    ``s_weight + sum_c coef[b, j, c] * s_c`` (exact), n + 1 scores per pixel instead of m."""
+    ``s_weight + sum_c coef[b, j, c] * s_c`` (exact), n + 1 scores per pixel instead of m (with
+    the forward's responses, n instead of m - 1: ``s_weight`` is then what the terms' scores
+    leave of the pixel's own region's)."""
     return (f.bias is None and f.terms.shape[0] == 1 and f.coef.shape[-1] == 1
             and f.terms.shape[1] + 1 < regions)
 
@@ -125,7 +127,8 @@ def region_conv_factored(x: Tensor, factors: Factors, guide: Tensor, stride: Int
     (up to float rounding), the gradients reaching each factor. On the CPU kernels' path (float32
     on an AVX-512 or AVX2 CPU) no B * m filters, nor their gradient, are ever held in memory,
     and with terms shared by the regions and one coefficient per term (the 'bases' generator),
-    the exact guide gradient takes n + 1 convolutions' worth of scores instead of m.
+    the exact guide gradient takes n + 1 convolutions' worth of scores instead of m (n instead
+    of m - 1 where K > C_out: each pixel's own region's score then comes from the forward).
 
     Args:
         x (Tensor[batch_size, in_channels, in_height, in_width]): input.
