@@ -364,9 +364,10 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
             gradient is then each factor's.
         score_source (FilterSource): stand-in filters shared by the samples, (n, C_out, K),
             whose scores are computed instead of the regions' (Tensor[B, L, n]).
-        responses (Tensor[B * L, C_out]): the responses :func:`forward` filled, if it did: where
-            :func:`scores_from_responses`, each pixel's own region's score is made from them
-            (with ``score_source``: in the first stand-in's place, which is not computed).
+        responses (Tensor[B * L, C_out]): the responses :func:`forward` filled, if it did: each
+            pixel's own region's score is made from them (with ``score_source``: in the first
+            stand-in's place, which is not computed), the others' as response times output
+            gradient (given where :func:`scores_from_responses`, or with ``score_source``).
     """
     threads = torch.get_num_threads()
     b, c_in, h, w = x.shape

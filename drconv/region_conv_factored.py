@@ -52,9 +52,9 @@ def stand_in_filters(f: Factors) -> Tensor:
 def scores_through_stand_ins(f: Factors, regions: int) -> bool:
     """Whether every region's score is cheaper as a combination of stand-in scores: region j's
     filter is ``weight + sum_c coef[b, j, c] * terms[c]``, so its score is
-    ``s_weight + sum_c coef[b, j, c] * s_c`` (exact), n + 1 scores per pixel instead of m (with
-    the forward's responses, n instead of m - 1: ``s_weight`` is then what the terms' scores
-    leave of the pixel's own region's)."""
+    ``s_weight + sum_c coef[b, j, c] * s_c`` (exact), where ``s_weight`` is what the terms'
+    scores leave of the pixel's own region's (from the forward's responses): n scores per pixel
+    instead of the m - 1 regions' other than its own."""
     return (f.bias is None and f.terms.shape[0] == 1 and f.coef.shape[-1] == 1
             and f.terms.shape[1] + 1 < regions)
 
@@ -75,8 +75,9 @@ class FactoredRegionConvFunction(torch.autograd.Function):
         region = cpu_kernels.region_of(guide)
         # kept for the guide's scores: each pixel's own region's then costs no convolution
         # (with stand-ins, the static weight's: see backward)
-        keep = (ctx.needs_input_grad[1]
-                and cpu_kernels.scores_from_responses(geo, x.shape[1], c_out))
+        keep = ctx.needs_input_grad[1] and (
+            scores_through_stand_ins(f, m)
+            or cpu_kernels.scores_from_responses(geo, x.shape[1], c_out))
         responses = x.new_empty(region.numel(), c_out) if keep else None
         out = cpu_kernels.forward(x, cpu_kernels.factored_source(f), m, c_out, region,
                                   tuple(guide.shape[2:]), geo, bias, responses)
@@ -101,13 +102,11 @@ class FactoredRegionConvFunction(torch.autograd.Function):
         grad_g = None
         if need_g:
             if stand_ins:
+                # the kernel gave each pixel's own region's score (from its response) in the
+                # weight's stead: the weight's is what the terms' scores leave of it
                 coef = f.coef[..., 0]  # (B, m, n)
-                weight_scores = scores[..., :1]
-                if responses is not None:
-                    # the kernel gave each pixel's own region's score (from its response) in the
-                    # weight's stead: the weight's is what the terms' scores leave of it
-                    own = coef.gather(1, region[..., None].expand(-1, -1, coef.shape[2]))
-                    weight_scores = weight_scores - (scores[..., 1:] * own).sum(2, keepdim=True)
+                own = coef.gather(1, region[..., None].expand(-1, -1, coef.shape[2]))
+                weight_scores = scores[..., :1] - (scores[..., 1:] * own).sum(2, keepdim=True)
                 # (B, L, 1) + (B, L, n) @ (B, n, m)
                 scores = torch.baddbmm(weight_scores, scores[..., 1:], coef.transpose(1, 2))
             grad_g = guide_gradient_from_scores(guide, region, scores, ctx.guide_grad)
@@ -127,8 +126,8 @@ def region_conv_factored(x: Tensor, factors: Factors, guide: Tensor, stride: Int
     (up to float rounding), the gradients reaching each factor. On the CPU kernels' path (float32
     on an AVX-512 or AVX2 CPU) no B * m filters, nor their gradient, are ever held in memory,
     and with terms shared by the regions and one coefficient per term (the 'bases' generator),
-    the exact guide gradient takes n + 1 convolutions' worth of scores instead of m (n instead
-    of m - 1 where K > C_out: each pixel's own region's score then comes from the forward).
+    the exact guide gradient takes n convolutions' worth of scores instead of m - 1 (each
+    pixel's own region's score comes from the forward).
 
     Args:
         x (Tensor[batch_size, in_channels, in_height, in_width]): input.

@@ -1410,11 +1410,12 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
 
 // scores (B * L, m, zeroed by the caller) += every region's score at every pixel,
 // <output gradient, region's response>, one work item per sample and region (m: the regions of
-// `filters`, which may be stand-ins shared by the samples, their pixels all in the first). The
-// products' sums run over the longer of K and C_out: as patch gradient times patch when
-// K <= C_out (then with grad_x, zeroed, for 1x1 kernels only, also x's gradient), else as
-// response times output gradient (grad_x must be null), where `responses` (the forward's, or
-// null) give each pixel's own region's score (`region`: (B * L), each pixel's region).
+// `filters`, which may be stand-ins shared by the samples, their pixels all in the first). With
+// the forward's `responses` (else null), each pixel's own region's score is made from them
+// (`region`: (B * L), each pixel's region) and the others' as response times output gradient
+// (grad_x must be null); without, the products' sums run over the longer of K and C_out: as
+// patch gradient times patch when K <= C_out (then with grad_x, zeroed, for 1x1 kernels only,
+// also x's gradient), else as response times output gradient.
 extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
                                         const float* grad_rows, const int64_t* order,
                                         const int64_t* starts, const int64_t* region,
@@ -1422,7 +1423,7 @@ extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
                                         const int64_t* shape, int threads) {
   const LayerGeometry g(shape);
   if (!g.pixels) return 1;
-  if (g.kh * g.kw * g.c_in <= g.c_out)
+  if (!responses && g.kh * g.kw * g.c_in <= g.c_out)
     return scores_by_patch_grads(g, x, *filters, grad_rows, order, starts, scores, grad_x,
                                  threads);
   return scores_by_responses(g, x, *filters, grad_rows, order, starts, region, responses,

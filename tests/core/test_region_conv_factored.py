@@ -46,7 +46,7 @@ CASES = [
     ('paper', 2, 512, 80, (5, 5), 3, 1, 1, 1, 3, 2),
     ('paper', 2, 40, 64, (5, 5), 1, 1, 0, 1, 3, 2),
     ('paper', 2, 512, 600, (4, 4), 1, 1, 0, 1, 3, 2),
-    # stand-in scores as patch gradients (K <= C_out; as responses: the first case)
+    # stand-in scores where K <= C_out (made from responses all the same)
     ('bases', 2, 6, 20, (5, 6), 1, 1, 0, 1, 6, 2),
 ]
 
