@@ -383,11 +383,11 @@ bool with_factored_taps(const Geometry& g, const Filters& f, Args&&... args) {
 // The factors of one forward panel of factored filters (PANEL output channels from `first`),
 // transposed as the panel is (pack_panel: rows of PANEL, zero beyond its width): the weight
 // (K, PANEL), a region's bias (C_in, PANEL) and terms (C_in or K, n_terms, PANEL: a row's terms
-// side by side, not 8 KiB apart in the same cache set). A thread's
-// copy is transposed again only where its panel or region changes (the forward's items run
-// panel by panel): from it a group's panel is formed where the kernel reads it, a few
-// multiply-adds per value (formed as rows of K, then transposed for each group, it took a
-// fifth of the 3x3 forward). Unless `used`, nothing is allocated.
+// side by side, not 8 KiB apart in one cache set). A thread's copy is transposed again only
+// where its panel or region changes (the forward's items run panel by panel): from it a
+// group's panel is formed where the kernel reads it, a few multiply-adds per value (formed as
+// rows of K, then transposed group by group, it took a fifth of the 3x3 forward kernel's
+// time). Unless `used`, nothing is allocated.
 struct FactorPanel {
   const Geometry& g;
   const Filters& f;
@@ -443,10 +443,10 @@ struct FactorPanel {
 };
 
 // The panels (pack_panel's layout) of the S groups `groups` of one region, group s's at dst[s],
-// formed from `factors` (loaded for the groups' panel and region) with N terms. Each value is
-// formed as filter_rows forms it: weight + bias, then the terms in order; each term's vector
-// is loaded once for all the samples and, unless the terms are by tap (BY_TAP), for all the
-// taps.
+// formed from `factors` (loaded for the groups' panel and region) with N terms, by tap unless
+// shared by the taps, row by row in the panel's order. Each value is formed as filter_rows
+// forms it: weight + bias, then the terms in order; each term's vector is loaded once for all
+// the samples.
 template <int N, int S, bool BY_TAP>
 void form_panels(const Geometry& g, const Filters& f, const FactorPanel& factors,
                  const int64_t* groups, float* const* dst) {
