@@ -125,6 +125,8 @@ def library() -> Optional[ctypes.CDLL]:
     lib.drconv_region_of.restype = None
     lib.drconv_shifted_sum_f32.argtypes = [pointer, pointer, pointer, pointer, ctypes.c_int]
     lib.drconv_shifted_sum_f32.restype = None
+    lib.drconv_adaptive_avg_pool_f32.argtypes = [pointer, pointer] + [size] * 5 + [ctypes.c_int]
+    lib.drconv_adaptive_avg_pool_f32.restype = None
     lib.drconv_transpose_f32.argtypes = [pointer, pointer, size, size, size, ctypes.c_int]
     lib.drconv_transpose_f32.restype = None
     lib.drconv_sort_by_group.argtypes = [pointer, size, size, size, pointer, pointer]
@@ -267,6 +269,16 @@ def shifted_sum(taps: Tensor, bias: Optional[Tensor], out_size: Tuple[int, int],
     library().drconv_shifted_sum_f32(taps.data_ptr(), bias.data_ptr() if bias is not None
                                      else None, out.data_ptr(), shape.data_ptr(),
                                      torch.get_num_threads())
+    return out
+
+
+def adaptive_avg_pool(x: Tensor, out_size: Tuple[int, int]) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, out_size)`` of a contiguous x (B, C, H, W), float32: the same
+    floats as torch's CPU kernel, in one pass whose bins' sums interleave -> (B, C, *out_size)."""
+    b, c, h, w = x.shape
+    out = x.new_empty(b, c, *out_size)
+    library().drconv_adaptive_avg_pool_f32(x.data_ptr(), out.data_ptr(), b * c, h, w, *out_size,
+                                           torch.get_num_threads())
     return out
 
 

@@ -1522,3 +1522,34 @@ extern "C" int drconv_sort_by_group(const int64_t* region, int64_t batch, int64_
   free(next);
   return 0;
 }
+
+// out (planes, out_h, out_w) = adaptive average pooling of x (planes, h, w): bin (i, j) averages
+// rows i * h / out_h .. ceil((i + 1) * h / out_h) and likewise columns, summed in float in row
+// order, then divided by the bin's height, then by its width, as torch's CPU kernel (the same
+// floats); each row's bins summed side by side (their chains interleave).
+extern "C" void drconv_adaptive_avg_pool_f32(const float* x, float* out, int64_t planes,
+                                             int64_t h, int64_t w, int64_t out_h, int64_t out_w,
+                                             int threads) {
+  constexpr int64_t BINS = 16;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* plane = x + p * h * w;
+    for (int64_t i = 0; i < out_h; ++i) {
+      const int64_t top = i * h / out_h, bottom = ((i + 1) * h + out_h - 1) / out_h;
+      for (int64_t j0 = 0; j0 < out_w; j0 += BINS) {
+        const int64_t n = std::min(BINS, out_w - j0);
+        float sum[BINS] = {};
+        for (int64_t row = top; row < bottom; ++row)
+          for (int64_t j = 0; j < n; ++j)
+            for (int64_t col = (j0 + j) * w / out_w; col < ((j0 + j + 1) * w + out_w - 1) / out_w;
+                 ++col)
+              sum[j] += plane[row * w + col];
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t width = ((j0 + j + 1) * w + out_w - 1) / out_w - (j0 + j) * w / out_w;
+          out[(p * out_h + i) * out_w + j0 + j] =
+              sum[j] / static_cast<float>(bottom - top) / static_cast<float>(width);
+        }
+      }
+    }
+  }
+}

@@ -182,6 +182,30 @@ def test_transpose(shape):
 
 
 @needs_kernel
+@pytest.mark.parametrize('shape,size', [((2, 5, 32, 32), (3, 3)), ((1, 3, 9, 17), (2, 5)),
+                                        ((2, 2, 7, 3), (3, 1)), ((1, 4, 40, 40), (20, 17))])
+def test_adaptive_avg_pool_is_torchs_bit_for_bit(shape, size):
+    """The paper generator's pooling (the kernel's, with torch's backward) gives torch's very
+    floats, forward and backward; also with -0, inf and NaN inputs."""
+    from drconv.filter_generator import AdaptiveAvgPoolFunction, adaptive_avg_pool2d
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen) * 100
+    x[0, 0, 0, 0] = -0.0
+    if shape[1] > 2:
+        x[0, 1, 1, 1], x[0, 2, 2, 0] = float('inf'), float('nan')
+    grad = torch.randn(*shape[:2], *size, generator=gen)
+    results = []
+    for pool in (torch.nn.functional.adaptive_avg_pool2d, adaptive_avg_pool2d):
+        leaf = x.clone().requires_grad_()
+        out = pool(leaf, size)
+        out.backward(grad)
+        results.append((out, leaf.grad))
+    assert results[1][0].grad_fn.name().startswith(AdaptiveAvgPoolFunction.__name__)
+    for want, got in zip(*results):
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@needs_kernel
 @pytest.mark.parametrize('k,stride,padding,dilation', [
     ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 5), (1, 1), (1, 2), (1, 1)),
     ((3, 3), (2, 2), (2, 2), (2, 2)), ((1, 1), (1, 1), (1, 1), (1, 1)),
