@@ -1526,29 +1526,35 @@ extern "C" int drconv_sort_by_group(const int64_t* region, int64_t batch, int64_
 // out (planes, out_h, out_w) = adaptive average pooling of x (planes, h, w): bin (i, j) averages
 // rows i * h / out_h .. ceil((i + 1) * h / out_h) and likewise columns, summed in float in row
 // order, then divided by the bin's height, then by its width, as torch's CPU kernel (the same
-// floats); each row's bins summed side by side (their chains interleave).
+// floats). Each bin's sum is a chain of dependent adds: a row's bins of PLANES planes are
+// summed side by side, their chains interleaved.
 extern "C" void drconv_adaptive_avg_pool_f32(const float* x, float* out, int64_t planes,
                                              int64_t h, int64_t w, int64_t out_h, int64_t out_w,
                                              int threads) {
-  constexpr int64_t BINS = 16;
+  constexpr int64_t BINS = 16, PLANES = 8;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t p = 0; p < planes; ++p) {
-    const float* plane = x + p * h * w;
+  for (int64_t p0 = 0; p0 < planes; p0 += PLANES) {
+    const int64_t n_planes = std::min(PLANES, planes - p0);
+    const float* plane[PLANES];  // past the last plane: the last again
+    for (int64_t q = 0; q < PLANES; ++q) plane[q] = x + (p0 + std::min(q, n_planes - 1)) * h * w;
     for (int64_t i = 0; i < out_h; ++i) {
       const int64_t top = i * h / out_h, bottom = ((i + 1) * h + out_h - 1) / out_h;
       for (int64_t j0 = 0; j0 < out_w; j0 += BINS) {
         const int64_t n = std::min(BINS, out_w - j0);
-        float sum[BINS] = {};
+        int64_t left[BINS], right[BINS];
+        for (int64_t j = 0; j < n; ++j) {
+          left[j] = (j0 + j) * w / out_w;
+          right[j] = ((j0 + j + 1) * w + out_w - 1) / out_w;
+        }
+        float sum[BINS][PLANES] = {};
         for (int64_t row = top; row < bottom; ++row)
           for (int64_t j = 0; j < n; ++j)
-            for (int64_t col = (j0 + j) * w / out_w; col < ((j0 + j + 1) * w + out_w - 1) / out_w;
-                 ++col)
-              sum[j] += plane[row * w + col];
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t width = ((j0 + j + 1) * w + out_w - 1) / out_w - (j0 + j) * w / out_w;
-          out[(p * out_h + i) * out_w + j0 + j] =
-              sum[j] / static_cast<float>(bottom - top) / static_cast<float>(width);
-        }
+            for (int64_t col = left[j]; col < right[j]; ++col)
+              for (int64_t q = 0; q < PLANES; ++q) sum[j][q] += plane[q][row * w + col];
+        for (int64_t q = 0; q < n_planes; ++q)
+          for (int64_t j = 0; j < n; ++j)
+            out[((p0 + q) * out_h + i) * out_w + j0 + j] =
+                sum[j][q] / static_cast<float>(bottom - top) / static_cast<float>(right[j] - left[j]);
       }
     }
   }
