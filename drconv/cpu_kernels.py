@@ -274,7 +274,7 @@ def shifted_sum(taps: Tensor, bias: Optional[Tensor], out_size: Tuple[int, int],
 
 def adaptive_avg_pool(x: Tensor, out_size: Tuple[int, int]) -> Tensor:
     """``F.adaptive_avg_pool2d(x, out_size)`` of a contiguous x (B, C, H, W), float32: the same
-    floats as torch's CPU kernel, in one pass whose bins' sums interleave -> (B, C, *out_size)."""
+    floats as torch's CPU kernel, 8 planes' sums side by side -> (B, C, *out_size)."""
     b, c, h, w = x.shape
     out = x.new_empty(b, c, *out_size)
     library().drconv_adaptive_avg_pool_f32(x.data_ptr(), out.data_ptr(), b * c, h, w, *out_size,
