@@ -1553,8 +1553,9 @@ extern "C" void drconv_adaptive_avg_pool_f32(const float* x, float* out, int64_t
               for (int64_t q = 0; q < PLANES; ++q) sum[j][q] += plane[q][row * w + col];
         for (int64_t q = 0; q < n_planes; ++q)
           for (int64_t j = 0; j < n; ++j)
-            out[((p0 + q) * out_h + i) * out_w + j0 + j] =
-                sum[j][q] / static_cast<float>(bottom - top) / static_cast<float>(right[j] - left[j]);
+            out[((p0 + q) * out_h + i) * out_w + j0 + j] = sum[j][q] /
+                                                           static_cast<float>(bottom - top) /
+                                                           static_cast<float>(right[j] - left[j]);
       }
     }
   }
