@@ -1141,20 +1141,28 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
   const LayerGeometry g(shape);
   if (!g.pixels) return 1;
   const int64_t panels = (g.c_out + PANEL - 1) / PANEL;
-  // an item: for factored filters, a panel and a region, with every chunk of samples (those
-  // whose filters are formed together) in turn: a thread's factor panel is transposed again
-  // only where the panel or the region changes; for explicit filters, a sample, a region and a
-  // panel, the panels of a sample and region consecutive (their pixels' input rows stay in cache)
+  // an item: a panel, a region and a run of chunks of samples (those whose filters are formed
+  // together). Factored filters: runs as long as leave about 4 items per thread (all the
+  // samples, where that many panels and regions), in that order: a thread's factor panel is
+  // transposed again only where the panel or region changes. Explicit filters: one sample per
+  // run, ordered sample, region, panel (a sample and region's panels consecutive: their pixels'
+  // input rows stay in cache)
   const bool formed = formed_in_registers(g, *filters);
   const int samples = formed ? SAMPLES : 1;
+  const int64_t chunks = (g.batch + samples - 1) / samples;
+  const int64_t runs =
+      formed ? std::clamp<int64_t>((4 * threads + g.regions * panels - 1) / (g.regions * panels),
+                                   1, chunks)
+             : chunks;
   return each_item<FilterPanel>(
-      (formed ? 1 : g.batch) * g.regions * panels, threads,
+      runs * g.regions * panels, threads,
       [&](FilterPanel& filter, int64_t item) {
-        const int64_t first = (formed ? item / g.regions : item % panels) * PANEL;
-        const int64_t region = formed ? item % g.regions : item / panels % g.regions;
-        const int64_t b0 = formed ? 0 : item / panels / g.regions;
+        const int64_t first = (formed ? item / runs / g.regions : item % panels) * PANEL;
+        const int64_t region = formed ? item / runs % g.regions : item / panels % g.regions;
+        const int64_t run = formed ? item % runs : item / panels / g.regions;
         const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
-        for (int64_t b = b0; b < (formed ? g.batch : b0 + 1); b += samples) {
+        for (int64_t chunk = run * chunks / runs; chunk < (run + 1) * chunks / runs; ++chunk) {
+          const int64_t b = chunk * samples;
           int64_t groups[SAMPLES];
           const int n = groups_with_pixels(g, starts, b, samples, region, groups);
           if (!n) continue;

@@ -191,6 +191,26 @@ def test_repeats_exactly():
 
 
 @needs_kernel
+def test_forward_is_the_same_on_any_number_of_threads():
+    """Each output element is made by one work item, whatever the items: with more threads than
+    panels and regions keep busy, each item takes a run of the samples (here 3 regions, 1 or 2
+    panels and 2 chunks of samples: a chunk per item on 7 threads)."""
+    case = CASES[6]
+    assert case[1] == 5 and case[0] == 'paper'
+    f, x, guide, bias, _ = inputs(case)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 7):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs.append(region_conv_factored(x, f, guide, 1, 1, 1, bias=bias))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(outs[0].view(torch.int32), o.view(torch.int32)) for o in outs)
+
+
+@needs_kernel
 @pytest.mark.parametrize('layout', ['contiguous', 'k_ordered', 'sliced', 'k_ordered_sliced',
                                     'regions_outer'])
 def test_region_conv_reads_any_weight_layout(layout):
