@@ -47,7 +47,9 @@ class AdaptiveAvgPoolFunction(torch.autograd.Function):
 def adaptive_avg_pool2d(x: Tensor, size: Tuple[int, int]) -> Tensor:
     """``F.adaptive_avg_pool2d(x, size)``, the same floats, by the CPU kernels where they run
     (torch's sums one bin at a time, each a chain of dependent adds: 0.69 against 0.36 ms at
-    8 x 128 x 32 x 32 to 3 x 3): x (B, C, H, W) -> (B, C, *size)."""
+    8 x 128 x 32 x 32 to 3 x 3): x (B, C, H, W) -> (B, C, *size). A 1 x 1 output is torch's
+    (a mean there, summed in another order), as is a non-contiguous x (torch's channels-last
+    kernel is another, not reproduced here)."""
     if (tuple(size) != (1, 1) and x.numel() and x.is_contiguous()
             and cpu_kernels.is_available(x)):
         return AdaptiveAvgPoolFunction.apply(x, tuple(size))

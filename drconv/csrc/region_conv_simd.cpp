@@ -290,6 +290,17 @@ void filter_rows(const Geometry& g, const Filters& f, int64_t group, int64_t fir
 // multiply-add's latency).
 constexpr int SAMPLES = 4;
 
+// Taps whose coefficients the factored kernels keep on the stack (formed_in_registers).
+constexpr int64_t MAX_TAPS = 64;
+
+// coef[s] = the coefficients of group groups[s], (N terms, coef_taps: the taps or 1).
+template <int N, int S>
+void group_coefs(const Filters& f, const int64_t* groups, int64_t coef_taps,
+                 float (&coef)[S][N * MAX_TAPS]) {
+  for (int s = 0; s < S; ++s)
+    memcpy(coef[s], f.coef + groups[s] * N * coef_taps, N * coef_taps * sizeof(float));
+}
+
 // filter_taps of factored filters with N terms, for the S groups `groups` of one region, group
 // s's rows at dst[s]. Each term's vector is loaded once for all the samples, and, unless the
 // terms are by tap (BY_TAP), for all the taps (loaded per tap, the loads took longer than the
@@ -300,14 +311,10 @@ template <int N, int S, bool BY_TAP>
 void factored_taps(const Geometry& g, const Filters& f, const int64_t* groups, int64_t first_out,
                    int64_t outs, int64_t first, int64_t width, float* const* dst,
                    int64_t out_stride, int64_t tap_stride) {
-  constexpr int64_t MAX_TAPS = 64;
   const int64_t taps = g.kh * g.kw, K = taps * g.c_in, r = groups[0] % g.regions;
   const int64_t coef_taps = f.coef_by_tap ? taps : 1;
   float coef[S][N * MAX_TAPS];
-  for (int s = 0; s < S; ++s)
-    for (int64_t c = 0; c < N; ++c)
-      for (int64_t t = 0; t < coef_taps; ++t)
-        coef[s][c * coef_taps + t] = f.coef[(groups[s] * N + c) * coef_taps + t];
+  group_coefs<N, S>(f, groups, coef_taps, coef);
   const int64_t term_k = BY_TAP ? K : g.c_in;
   const float* terms = f.terms + (f.terms_by_region ? r : 0) * N * g.c_out * term_k;
   for (int64_t j = 0; j < outs; ++j) {
@@ -343,7 +350,8 @@ void factored_taps(const Geometry& g, const Filters& f, const int64_t* groups, i
 
 // Whether factored_taps forms f's filters: factored, with 1..8 terms.
 bool formed_in_registers(const Geometry& g, const Filters& f) {
-  return !f.filters && f.n_terms >= 1 && f.n_terms <= 8 && !(f.coef_by_tap && g.kh * g.kw > 64);
+  return !f.filters && f.n_terms >= 1 && f.n_terms <= 8 &&
+         !(f.coef_by_tap && g.kh * g.kw > MAX_TAPS);
 }
 
 // Calls call(N, BY_TAP), as std::integral_constant<int, f.n_terms> and
@@ -450,13 +458,9 @@ struct FactorPanel {
 template <int N, int S, bool BY_TAP>
 void form_panels(const Geometry& g, const Filters& f, const FactorPanel& factors,
                  const int64_t* groups, float* const* dst) {
-  constexpr int64_t MAX_TAPS = 64;
   const int64_t taps = g.kh * g.kw, coef_taps = f.coef_by_tap ? taps : 1;
   float coef[S][N * MAX_TAPS];
-  for (int s = 0; s < S; ++s)
-    for (int64_t c = 0; c < N; ++c)
-      for (int64_t t = 0; t < coef_taps; ++t)
-        coef[s][c * coef_taps + t] = f.coef[(groups[s] * N + c) * coef_taps + t];
+  group_coefs<N, S>(f, groups, coef_taps, coef);
   for (int64_t t = 0; t < taps; ++t) {
     const float* coef_t = &coef[0][0] + (coef_taps > 1 ? t : 0);
     for (int64_t i = 0; i < g.c_in; ++i) {
@@ -506,31 +510,31 @@ void filter_taps(const Geometry& g, const Filters& f, int64_t group, int64_t fir
 // A thread's `count` filter panels (pack_panel: of as many groups, or of one group's output
 // channels) and a row of zeros for taps in the padding, as response reads them; `rows` holds
 // one panel's filter rows while they are formed (pack) or, for explicit filters in another
-// layout, gathered; `factors` (used where `form` and formed_in_registers) the factors
-// form_groups forms panels from.
+// layout, gathered; `factors` (used where `form` and formed_in_registers, and then `rows` is
+// not allocated) the factors form_groups forms panels from.
 struct FilterPanel {
   const Geometry& g;
   const Filters& f;
   const int64_t size;  // floats per panel
   float* panels;
   float* zero_row;
-  float* rows;
   FactorPanel factors;
+  float* rows;
   FilterPanel(const Geometry& geometry, const Filters& filters, int count, bool form = false)
       : g(geometry),
         f(filters),
         size(g.kh * g.kw * g.c_in * PANEL),
         panels(static_cast<float*>(aligned_alloc(64, count * size * sizeof(float)))),
         zero_row(static_cast<float*>(calloc(g.c_in + LANES, sizeof(float)))),
-        rows(static_cast<float*>(malloc(size * sizeof(float)))),
-        factors(g, f, form && formed_in_registers(g, f)) {}
+        factors(g, f, form && formed_in_registers(g, f)),
+        rows(factors.used ? nullptr : static_cast<float*>(malloc(size * sizeof(float)))) {}
   ~FilterPanel() {
     free(panels);
     free(zero_row);
     free(rows);
   }
   bool allocated() const {
-    return panels && zero_row && rows && factors.allocated();
+    return panels && zero_row && (rows || factors.used) && factors.allocated();
   }
   const float* panel(int s = 0) const { return panels + s * size; }
   void pack(int64_t group, int64_t first, int64_t width, int s = 0) {
