@@ -777,12 +777,12 @@ __attribute__((always_inline)) inline void patch_grad_sums(const Geometry& g, Gr
   }
 }
 
-// patch_grad_sums of a packed output gradient, (C_out, BLOCK_ROWS), into `out`.
-template <int ROWS, int V>
-__attribute__((noinline)) void patch_grad(const Geometry& g, const float* grads,
+// patch_grad_sums of an output gradient (PackedGrads or GradRows), into `out`.
+template <int ROWS, int V, class Grads>
+__attribute__((noinline)) void patch_grad(const Geometry& g, const Grads& grads,
                                           const float* weights, vec (&out)[ROWS][V]) {
   vec acc[ROWS][V];
-  patch_grad_sums(g, PackedGrads{grads}, weights, acc);
+  patch_grad_sums(g, grads, weights, acc);
   for (int r = 0; r < ROWS; ++r)
     for (int v = 0; v < V; ++v) out[r][v] = acc[r][v];
 }
@@ -830,21 +830,43 @@ struct InputGradTile {
   }
 };
 
+// Into the cache: the cache lines of p[0 .. n).
+inline void prefetch(const float* p, int64_t n) {
+  for (int64_t c = 0; c < n; c += 64 / sizeof(float))
+    _mm_prefetch(reinterpret_cast<const char*>(p + c), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(p + n - 1), _MM_HINT_T0);
+}
+
 // Region scores: for the ROWS sorted pixels `rows` and one region, the part of
 // s = <output gradient, region's response> = <patch gradient, patch> from `width` input channels
 // (from `first`) of tap (i, j), added to the tile's sums (`sums[r]`, row r's). Their output
-// gradient and the region's filters come packed in `grads` and `weights` as patch_grad reads
-// them. Rows selected_from .. selected_to of the tile belong to the region: with grad_x (1x1
-// kernels, where no two pixels share an input pixel), their patch gradient, x's, is added to it.
+// gradient comes packed in `grads` (PackedGrads) or, where `grads` is null, is read from their
+// rows of `grad_rows`; the region's filters come packed in `weights` as patch_grad reads them.
+// Rows selected_from .. selected_to of the tile belong to the region: with grad_x (1x1 kernels,
+// where no two pixels share an input pixel), their patch gradient, x's, is added to it.
 template <int ROWS, int V>
 struct PatchGradScoreTile {
-  static void run(const Geometry& g, const float* x, const float* grads, const float* weights,
-                  const int64_t* rows, int64_t i, int64_t j, int64_t first, int64_t width,
-                  float* sums, int selected_from, int selected_to, float* grad_x) {
-    vec acc[ROWS][V];
-    patch_grad(g, grads, weights, acc);
+  static void run(const Geometry& g, const float* x, const float* grads, const float* grad_rows,
+                  const float* weights, const int64_t* rows, int64_t i, int64_t j, int64_t first,
+                  int64_t width, float* sums, int selected_from, int selected_to,
+                  float* grad_x) {
+    // the rows' patches (and x's gradient) fetched while patch_grad multiplies: read after
+    // it, they waited on the cache as long as it took
+    const float* taps[ROWS];
     for (int r = 0; r < ROWS; ++r) {
-      const float* t = tap_of(g, x, rows[r], i, j);
+      taps[r] = tap_of(g, x, rows[r], i, j);
+      if (!taps[r]) continue;
+      prefetch(taps[r] + first, width);
+      if (grad_x && r >= selected_from && r < selected_to)
+        prefetch(grad_x + (taps[r] - x) + first, width);
+    }
+    vec acc[ROWS][V];
+    if (grads)
+      patch_grad(g, PackedGrads{grads}, weights, acc);
+    else
+      patch_grad(g, GradRows<ROWS>(grad_rows, rows, g.c_out), weights, acc);
+    for (int r = 0; r < ROWS; ++r) {
+      const float* t = taps[r];
       if (!t) continue;
       vec dot = vzero();
       for (int v = 0; v < V; ++v)
@@ -1307,7 +1329,7 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
   const bool together =
       formed_in_registers(g, filters) && SAMPLES * block_bytes <= SCORE_FILTER_BYTES;
   const int samples = together ? SAMPLES : 1;
-  const bool once = block_bytes <= SCORE_FILTER_BYTES;
+  const bool once = block_bytes <= SCORE_FILTER_BYTES, packed = BLOCK_ROWS > 6;
   const int64_t chunks = (g.batch + samples - 1) / samples;
   return each_item<FilterBlock>(
       chunks * g.regions, threads,
@@ -1330,10 +1352,14 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
             float sums[SCORE_CHUNK];
             for (int64_t row = chunk; row < end; ++row)
               sums[row - chunk] = scores[order[row] * g.regions + region];
-            // the chunk's output gradient, packed once for every tap and block
-            for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile)
-              block.pack_grads(grad_rows, order + row,
-                               static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS)), tile);
+            // the chunk's output gradient packed once for every tap and block where 12 row
+            // pointers (AVX-512) would leave too few registers for the loop, else read where it
+            // lies (packed again for every region, it took as long as the multiply-adds at 1x1)
+            if (packed)
+              for (int64_t row = chunk, tile = 0; row < end; row += BLOCK_ROWS, ++tile)
+                block.pack_grads(grad_rows, order + row,
+                                 static_cast<int>(std::min<int64_t>(end - row, BLOCK_ROWS)),
+                                 tile);
             for (int64_t tap = 0; tap < g.kh * g.kw; ++tap) {
               for (int64_t first = 0; first < g.c_in; first += BLOCK) {
                 const int64_t width = std::min<int64_t>(g.c_in - first, BLOCK);
@@ -1348,9 +1374,9 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
                   const int to =
                       static_cast<int>(std::clamp<int64_t>(starts[group + 1] - row, 0, rows));
                   dispatch<PatchGradScoreTile, BLOCK_ROWS, BLOCK_VECTORS>(
-                      rows, width, g, x, block.tile_grads(tile), weights, order + row,
-                      tap / g.kw, tap % g.kw, first, width, sums + (row - chunk), from, to,
-                      grad_x);
+                      rows, width, g, x, packed ? block.tile_grads(tile) : nullptr, grad_rows,
+                      weights, order + row, tap / g.kw, tap % g.kw, first, width,
+                      sums + (row - chunk), from, to, grad_x);
                 }
               }
             }
@@ -1359,7 +1385,7 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
           }
         }
       },
-      g, filters, once ? blocks * samples : 1, SCORE_TILES);
+      g, filters, once ? blocks * samples : 1, packed ? SCORE_TILES : 1);
 }
 
 // Scores as response times output gradient (ResponseScoreTile): the product's sum runs over K.
