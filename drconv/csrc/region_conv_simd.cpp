@@ -830,6 +830,10 @@ struct InputGradTile {
   }
 };
 
+// Rows a loop gathering scattered rows fetches ahead of the one it reads (without, each read
+// waited on the cache).
+constexpr int64_t AHEAD = 8;
+
 // Into the cache: the cache lines of p[0 .. n).
 inline void prefetch(const float* p, int64_t n) {
   for (int64_t c = 0; c < n; c += 64 / sizeof(float))
@@ -882,6 +886,7 @@ struct PatchGradScoreTile {
 // zero).
 void pack_block(const float* const* rows, int64_t n, int64_t first, int64_t width, float* dst) {
   for (int64_t q = 0; q < n; ++q, dst += BLOCK) {
+    if (q + AHEAD < n && rows[q + AHEAD]) prefetch(rows[q + AHEAD] + first, width);
     const float* row = rows[q] ? rows[q] + first : nullptr;
     for (int v = 0; v < BLOCK_VECTORS; ++v)
       vstore(dst + LANES * v, row ? vload_part(row + LANES * v, width - LANES * v) : vzero());
@@ -995,6 +1000,7 @@ void group_filter_grad(const Geometry& g, const float* x, const float* grad_rows
                        int64_t rows, GroupPatches& buffers, float* out) {
   const int64_t K = g.kh * g.kw * g.c_in, lo = starts[group], n = starts[group + 1] - lo;
   for (int64_t q = 0; q < n; ++q) {
+    if (q + AHEAD < n) prefetch(grad_rows + order[lo + q + AHEAD] * g.c_out + first, rows);
     const float* row = grad_rows + order[lo + q] * g.c_out + first;
     for (int64_t j0 = 0; j0 < rows; j0 += BLOCK_ROWS)  // tile j0 / BLOCK_ROWS starts at j0 * n
       for (int64_t r = 0; r < std::min<int64_t>(rows - j0, BLOCK_ROWS); ++r)
