@@ -125,6 +125,7 @@ def library() -> Optional[ctypes.CDLL]:
     lib.drconv_region_of.restype = None
     lib.drconv_shifted_sum_f32.argtypes = [pointer, pointer, pointer, pointer, ctypes.c_int]
     lib.drconv_shifted_sum_f32.restype = None
+    lib.drconv_pointwise_guide_backward_f32.argtypes = [pointer] * 6 + [size] * 4 + [ctypes.c_int]
     lib.drconv_adaptive_avg_pool_f32.argtypes = [pointer, pointer] + [size] * 5 + [ctypes.c_int]
     lib.drconv_adaptive_avg_pool_f32.restype = None
     lib.drconv_transpose_f32.argtypes = [pointer, pointer, size, size, size, ctypes.c_int]
@@ -270,6 +271,32 @@ def shifted_sum(taps: Tensor, bias: Optional[Tensor], out_size: Tuple[int, int],
                                      else None, out.data_ptr(), shape.data_ptr(),
                                      torch.get_num_threads())
     return out
+
+
+def pointwise_guide_backward(grad: Tensor, x: Tensor, weight: Tensor, need_x: bool,
+                             need_weight: bool, need_bias: bool
+                             ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The gradients of x, weight and bias (None where not needed) of a 1x1 guide conv at
+    stride 1 without padding, ``F.conv2d(x, weight, bias)``, each summed in an order that no
+    thread count changes.
+
+    Args:
+        grad (Tensor[B, m, H, W]): the logits' gradient.
+        x (Tensor[B, C_in, H, W]): float32, contiguous.
+        weight (Tensor[m, C_in, 1, 1]): the guide's filters.
+    """
+    b, c_in, h, w = x.shape
+    m = weight.shape[0]
+    grad = grad.contiguous()  # referenced: pointers
+    weight = weight.contiguous()
+    grad_x = x.new_empty(x.shape) if need_x else None
+    grad_weight = weight.new_empty(weight.shape) if need_weight else None
+    grad_bias = weight.new_empty(m) if need_bias else None
+    check(library().drconv_pointwise_guide_backward_f32(
+        *(t.data_ptr() if t is not None else None
+          for t in (x, weight, grad, grad_x, grad_weight, grad_bias)),
+        b, c_in, m, h * w, torch.get_num_threads()), "guide conv's backward")
+    return grad_x, grad_weight, grad_bias
 
 
 def adaptive_avg_pool(x: Tensor, out_size: Tuple[int, int]) -> Tensor:

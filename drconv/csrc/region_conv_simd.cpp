@@ -1532,6 +1532,124 @@ extern "C" void drconv_shifted_sum_f32(const float* taps, const float* bias, flo
   }
 }
 
+namespace {
+
+// The most regions a pointwise guide pass keeps in registers (one vector of pixels each).
+constexpr int GUIDE_REGIONS = 8;
+
+// Calls Kernel<regions>::run(args...) for runtime regions in 1..GUIDE_REGIONS (a register per
+// region: indexed by a runtime count, the compiler kept them in memory).
+template <template <int> class Kernel, int R = GUIDE_REGIONS, class... Args>
+void with_guide_regions(int64_t regions, Args&&... args) {
+  if constexpr (R > 1) {
+    if (regions < R) return with_guide_regions<Kernel, R - 1>(regions, args...);
+  }
+  Kernel<R>::run(args...);
+}
+
+// x's gradient at one vector of pixels (`left` of them) of a sample, every input channel i:
+// grad_x[i, p] (rows `pixels` apart) = sum_r weight_t[i, r] * g[r] (weight_t (C_in, m): rows m
+// apart), the sum over the regions r < R in order, from zero or, `going_on` (regions before
+// these), from grad_x; g: the regions' gradient at those pixels, R vectors side by side.
+template <int R>
+struct PointwiseGuideInputGrad {
+  static void run(const float* g, const float* weight_t, float* grad_x, bool going_on,
+                  int64_t c_in, int64_t regions, int64_t pixels, int64_t left) {
+    vec gv[R];
+    for (int r = 0; r < R; ++r) gv[r] = vload(g + r * LANES);
+    for (int64_t i = 0; i < c_in; ++i, weight_t += regions) {
+      vec acc = going_on ? vload_part(grad_x + i * pixels, left) : vzero();
+      for (int r = 0; r < R; ++r) acc = vfma(vset1(weight_t[r]), gv[r], acc);
+      vstore_part(grad_x + i * pixels, acc, left);
+    }
+  }
+};
+
+// grad_weight[r] (r < R, rows `stride` apart) = sum_b sum_p g[b, p, r] * x[b, p], summed lane by
+// lane over the vectors of pixels, sample after sample, then over the lanes; g: the regions'
+// gradient packed (B, vectors of pixels, m, LANES), x: one input channel's (B, pixels; samples
+// `sample` apart), or null for the sums of g alone (the bias's gradient).
+template <int R>
+struct PointwiseGuideWeightGrad {
+  static void run(const float* g, const float* x, float* grad_weight, int64_t stride,
+                  int64_t batch, int64_t sample, int64_t regions, int64_t pixels) {
+    vec sums[R];
+    for (int r = 0; r < R; ++r) sums[r] = vzero();
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t p = 0; p < pixels; p += LANES, g += regions * LANES) {
+        const vec xv = x ? vload_part(x + b * sample + p, pixels - p) : vset1(1.0f);
+        for (int r = 0; r < R; ++r) sums[r] = vfma(vload(g + r * LANES), xv, sums[r]);
+      }
+    for (int r = 0; r < R; ++r) grad_weight[r * stride] = vsum(sums[r]);
+  }
+};
+
+}  // namespace
+
+// The gradients of a 1x1 guide conv at stride 1 without padding, out (B, m, pixels) = weight
+// (m, C_in) times x (B, C_in, pixels) plus bias (m), from the logits' gradient grad (B, m,
+// pixels), each unless null: grad_x (B, C_in, pixels) = weight^T times grad, each sum from zero
+// over the regions in order; grad_weight (m, C_in) = grad times x^T summed over the samples and
+// pixels, and grad_bias (m) the sums of grad, each lane by lane over the vectors of pixels,
+// sample after sample, then over the lanes. grad is first packed (B, vectors of pixels, m, LANES): read where it lies, its m
+// rows (4 KiB apart at 32 x 32) fell into one cache set. Work items: x's gradient, a sample's
+// run of pixels; the weight's, an input channel (and one the bias), whose sums no thread count
+// changes. (oneDNN's backward with 8 outputs ran far below its speed.) Returns 1 when a buffer
+// could not be allocated, else 0.
+extern "C" int drconv_pointwise_guide_backward_f32(const float* x, const float* weight,
+                                                   const float* grad, float* grad_x,
+                                                   float* grad_weight, float* grad_bias,
+                                                   int64_t batch, int64_t c_in, int64_t regions,
+                                                   int64_t pixels, int threads) {
+  const int64_t vectors = (pixels + LANES - 1) / LANES;
+  float* packed = static_cast<float*>(
+      aligned_alloc(64, batch * vectors * regions * LANES * sizeof(float)));
+  float* weight_t = static_cast<float*>(malloc(c_in * regions * sizeof(float)));
+  if (!packed || !weight_t) {
+    free(packed);
+    free(weight_t);
+    return 1;
+  }
+  for (int64_t i = 0; i < c_in; ++i)
+    for (int64_t r = 0; r < regions; ++r) weight_t[i * regions + r] = weight[r * c_in + i];
+  constexpr int64_t RUN = 16;  // vectors of pixels per item of x's gradient
+  const int64_t runs = (vectors + RUN - 1) / RUN;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < batch * vectors; ++item) {
+      const int64_t b = item / vectors, p = item % vectors * LANES;
+      for (int64_t r = 0; r < regions; ++r)
+        vstore(packed + (item * regions + r) * LANES,
+               vload_part(grad + (b * regions + r) * pixels + p, pixels - p));
+    }
+#pragma omp for schedule(static) nowait
+    for (int64_t item = 0; item < (grad_x ? batch * runs : 0); ++item) {
+      const int64_t b = item / runs;
+      for (int64_t v = item % runs * RUN; v < std::min(vectors, (item % runs + 1) * RUN); ++v)
+        for (int64_t r0 = 0; r0 < regions; r0 += GUIDE_REGIONS)
+          with_guide_regions<PointwiseGuideInputGrad>(
+              std::min<int64_t>(regions - r0, GUIDE_REGIONS),
+              packed + ((b * vectors + v) * regions + r0) * LANES, weight_t + r0,
+              grad_x + b * c_in * pixels + v * LANES, r0 > 0, c_in, regions, pixels,
+              pixels - v * LANES);
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = -1; i < c_in; ++i) {  // item -1: the bias
+      if (i < 0 ? !grad_bias : !grad_weight) continue;
+      for (int64_t r0 = 0; r0 < regions; r0 += GUIDE_REGIONS)
+        with_guide_regions<PointwiseGuideWeightGrad>(
+            std::min<int64_t>(regions - r0, GUIDE_REGIONS), packed + r0 * LANES,
+            i < 0 ? nullptr : x + i * pixels,
+            i < 0 ? grad_bias + r0 : grad_weight + r0 * c_in + i, i < 0 ? int64_t{1} : c_in,
+            batch, c_in * pixels, regions, pixels);
+    }
+  }
+  free(packed);
+  free(weight_t);
+  return 0;
+}
+
 // region (B, L) = the first of the m largest guide logits (B, m, L) of each pixel, NaN counting
 // as the largest, as torch's max does. One thread, vectorised over the pixels (a few
 // microseconds at the layers' sizes: waking another thread took longer).

@@ -239,6 +239,48 @@ def test_guide_shifted_sum_is_the_pytorch_paths_bit_for_bit(monkeypatch, k, stri
 
 
 @needs_kernel
+@pytest.mark.parametrize('b,c_in,m,size', [(3, 5, 3, (7, 9)), (2, 16, 8, (8, 8)),
+                                           (2, 7, 19, (5, 6)), (1, 3, 1, (1, 1))])
+@pytest.mark.parametrize('bias', [True, False])
+def test_guide_backward_at_1x1_is_convs(monkeypatch, b, c_in, m, size, bias):
+    """At 1x1 (stride 1, no padding) the guide conv's backward is the kernel's: x's, the
+    weight's and the bias's gradients against conv's in float64 (more regions than one pass
+    keeps in registers, one region, a tail of pixels), the same on 1 and 3 threads; with a
+    channels-last x, conv's backward."""
+    from drconv.guide_conv import guide_conv2d
+    from drconv.patches import Geometry
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, c_in, *size, generator=gen, requires_grad=True)
+    weight = torch.randn(m, c_in, 1, 1, generator=gen, requires_grad=True)
+    bias_ = torch.randn(m, generator=gen, requires_grad=True) if bias else None
+    grad = torch.randn(b, m, *size, generator=gen)
+    leaves = [x, weight] + ([bias_] if bias else [])
+    ran = []
+    monkeypatch.setattr(cpu_kernels, 'pointwise_guide_backward',
+                        lambda *a, real=cpu_kernels.pointwise_guide_backward:
+                        ran.append(1) or real(*a))
+    geo = Geometry((1, 1), (1, 1), (0, 0), (1, 1))
+    got, threads = [], torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            got.append(torch.autograd.grad(guide_conv2d(x, weight, bias_, geo), leaves, grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(ran) == 2, 'the kernel did not run'
+    for one, three in zip(*got):
+        assert torch.equal(one, three)
+    wide = [t.detach().double().requires_grad_() for t in leaves]
+    want = torch.autograd.grad(torch.nn.functional.conv2d(
+        wide[0], wide[1], wide[2] if bias else None), wide, grad.double())
+    for g, w in zip(got[0], want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-5)
+    channels_last = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    torch.autograd.grad(guide_conv2d(channels_last, weight, bias_, geo), channels_last, grad)
+    assert len(ran) == 2 + channels_last.is_contiguous()  # at 1 x 1 pixels it is both
+
+
+@needs_kernel
 def test_guide_shifted_sum_keeps_autograd():
     """Called where autograd records (outside GuideConvFunction), the shifted sum still gives
     conv's gradients (the PyTorch path: the kernel's sum records none)."""
