@@ -306,3 +306,36 @@ def test_guide_conv_is_conv(k, stride, padding, dilation):
     for a, b, c in zip(*grads):
         torch.testing.assert_close(a, c)
         torch.testing.assert_close(b, c)
+
+
+@pytest.mark.parametrize('shape', [(3, 5, 7, 9), (2, 4, 1, 1), (2, 3, 6, 6)])
+@pytest.mark.parametrize('keepdim', [True, False])
+def test_spatial_mean_is_the_means_bit_for_bit(shape, keepdim):
+    """The generators' spatial mean gives the mean's very floats, forward and backward (also
+    where an x gradient from elsewhere is added to it), and F.adaptive_avg_pool2d's at 1 x 1;
+    its x gradient is expanded, not written out."""
+    from drconv.filter_generator import SpatialMeanFunction, adaptive_avg_pool2d, spatial_mean
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen) * 100
+    x[0, 0, 0, 0] = -0.0
+    grad = torch.randn(*shape[:2], *((1, 1) if keepdim else ()), generator=gen)
+    other = torch.randn(*shape, generator=gen)
+    results = []
+    for mean in (lambda t: t.mean(dim=(2, 3), keepdim=keepdim),
+                 lambda t: spatial_mean(t, keepdim)):
+        leaf = x.clone().requires_grad_()
+        out = mean(leaf)
+        alone, = torch.autograd.grad(out, leaf, grad)
+        with_other, = torch.autograd.grad((mean(leaf) * grad).sum() + (leaf * other).sum(),
+                                          leaf)
+        results.append((out, alone, with_other))
+    assert results[1][0].grad_fn.name().startswith(SpatialMeanFunction.__name__)
+    for want, got in zip(*results):
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    if keepdim:
+        pooled = adaptive_avg_pool2d(x, (1, 1))
+        assert torch.equal(pooled.view(torch.int32),
+                           F.adaptive_avg_pool2d(x, (1, 1)).view(torch.int32))
+    leaf = x.clone().requires_grad_()
+    grad_x, = torch.autograd.grad(spatial_mean(leaf, keepdim), leaf, grad)
+    assert grad_x.stride()[2:] == (0, 0) or shape[2:] == (1, 1)
