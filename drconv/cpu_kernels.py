@@ -427,8 +427,11 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
         grad_filters = factor_grads(x_rows, grad_rows, order, starts, source, factors, shape,
                                     threads)
     if need_input:
-        grad_x = (torch.zeros(b, h, w, c_in) if channels_last(x) else
-                  scratch('result_rows', x.numel(), x).view(b, h, w, c_in).zero_())
+        # a pointwise layer's kernels write each element once: no zeros first
+        grad_x = (x.new_empty(b, h, w, c_in) if channels_last(x) else
+                  scratch('result_rows', x.numel(), x).view(b, h, w, c_in))
+        if not pointwise(geo):
+            grad_x.zero_()
     # scores as patch gradients (K <= C_out) hold x's gradient, which a 1x1 kernel may add
     # there: no two pixels share an input pixel
     fused_x = (need_scores and need_input and geo.kernel == (1, 1) and c_in <= c_out
@@ -456,6 +459,11 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
     if need_input:
         grad_x = from_channels_last_rows(grad_x, x, threads)
     return Backward(grad_x, grad_filters, scores)
+
+
+def pointwise(geo: Geometry) -> bool:
+    """A 1x1 kernel at stride 1 without padding: each output pixel is its input pixel."""
+    return geo.kernel == (1, 1) and geo.stride == (1, 1) and geo.padding == (0, 0)
 
 
 def w_numel(geo: Geometry, c_in: int) -> int:

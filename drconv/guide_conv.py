@@ -61,8 +61,7 @@ class GuideConvFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias, geo: Geometry) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.geo = geo
-        ctx.pointwise = (geo.kernel == (1, 1) and geo.stride == (1, 1)
-                         and geo.padding == (0, 0) and cpu_kernels.is_available(x)
+        ctx.pointwise = (cpu_kernels.pointwise(geo) and cpu_kernels.is_available(x)
                          and x.is_contiguous() and weight.dtype == x.dtype)
         return shifted_sum_conv2d(x, weight, geo, bias)
 

@@ -787,12 +787,14 @@ __attribute__((noinline)) void patch_grad(const Geometry& g, const Grads& grads,
     for (int v = 0; v < V; ++v) out[r][v] = acc[r][v];
 }
 
-// t[0 .. width) += sum.
+// t[0 .. width) += sum, or, `first` (t uninitialised, as where x's gradient gets one sum per
+// element: a pointwise layer's), = sum: the same floats, as such a sum from zero is never -0.
 template <int V>
-inline void add_to(float* t, const vec (&sum)[V], int64_t width) {
+inline void add_to(float* t, const vec (&sum)[V], int64_t width, bool first = false) {
   for (int v = 0; v < V; ++v) {
     const int64_t left = width - LANES * v;
-    vstore_part(t + LANES * v, vadd(vload_part(t + LANES * v, left), sum[v]), left);
+    vstore_part(t + LANES * v, first ? sum[v] : vadd(vload_part(t + LANES * v, left), sum[v]),
+                left);
   }
 }
 
@@ -809,8 +811,8 @@ inline void prefetch(const float* p, int64_t n) {
 
 // Input gradient: `width` input channels (from `first`) of every tap of the ROWS sorted pixels
 // `rows`, their patch gradient at each tap in turn (tap t's filter block at weights + t *
-// C_out * BLOCK), added to grad_x (B, H, W, C_in): each sum from zero, then added. The taps'
-// loop inside (a call of patch_grad per tap: 12% slower at 3x3).
+// C_out * BLOCK), added to grad_x (B, H, W, C_in), or written for a pointwise layer: each sum
+// from zero, then added. The taps' loop inside (a call of patch_grad per tap: 12% slower at 3x3).
 template <int ROWS, int V, class Grads>
 __attribute__((noinline)) void input_grad_taps(const Geometry& g, const Grads& grads,
                                                const float* weights, const int64_t* rows,
@@ -827,7 +829,7 @@ __attribute__((noinline)) void input_grad_taps(const Geometry& g, const Grads& g
     vec acc[ROWS][V];
     patch_grad_sums(g, grads, weights, acc);
     for (int r = 0; r < ROWS; ++r)
-      if (taps[r]) add_to(taps[r] + first, acc[r], width);
+      if (taps[r]) add_to(taps[r] + first, acc[r], width, g.pointwise);
   }
 }
 
@@ -882,7 +884,7 @@ struct PatchGradScoreTile {
         dot = vfma(acc[r][v], vload_part(t + first + LANES * v, width - LANES * v), dot);
       sums[r] += vsum(dot);
       if (grad_x && r >= selected_from && r < selected_to)
-        add_to(grad_x + (t - x) + first, acc[r], width);
+        add_to(grad_x + (t - x) + first, acc[r], width, g.pointwise);
     }
   }
 };
@@ -1274,8 +1276,9 @@ extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad
       g, per_item * rows, true);
 }
 
-// grad_x (zeroed by the caller) += the input gradient. One work item is a sample and a block of
-// BLOCK input channels, so no two threads add to the same element.
+// grad_x (zeroed by the caller) += the input gradient; for a pointwise layer (one sum per
+// element) grad_x = the input gradient, written over whatever it held. One work item is a sample
+// and a block of BLOCK input channels, so no two threads add to the same element.
 extern "C" int drconv_region_input_grad_f32(const Filters* filters, const float* grad_rows,
                                             const int64_t* order, const int64_t* starts,
                                             float* grad_x, const int64_t* shape, int threads) {
@@ -1463,8 +1466,9 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
 // the forward's `responses` (else null), each pixel's own region's score is made from them
 // (`region`: (B * L), each pixel's region) and the others' as response times output gradient
 // (grad_x must be null); without, the products' sums run over the longer of K and C_out: as
-// patch gradient times patch when K <= C_out (then with grad_x, zeroed, for 1x1 kernels only,
-// also x's gradient), else as response times output gradient.
+// patch gradient times patch when K <= C_out (then with grad_x, for 1x1 kernels only, also x's
+// gradient: added to grad_x, zeroed by the caller, or for a pointwise layer written over what
+// it held), else as response times output gradient.
 extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
                                         const float* grad_rows, const int64_t* order,
                                         const int64_t* starts, const int64_t* region,
