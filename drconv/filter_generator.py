@@ -52,7 +52,7 @@ class SpatialMeanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, keepdim: bool) -> Tensor:
-        ctx.shape, ctx.keepdim = x.shape, keepdim
+        ctx.shape = x.shape
         return x.mean(dim=(2, 3), keepdim=keepdim)
 
     @staticmethod
