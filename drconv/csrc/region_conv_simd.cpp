@@ -615,6 +615,18 @@ void dispatch(int rows, int64_t width, Args&&... args) {
   with_rows<Kernel, V, MAX>(rows, args...);
 }
 
+// Rows a loop gathering scattered rows fetches ahead of the one it reads (without, each read
+// waited on the cache).
+constexpr int64_t AHEAD = 8;
+
+// Into the cache (L1, or with LOCALITY 2 L2; __builtin_prefetch's): the cache lines of
+// p[0 .. n).
+template <int LOCALITY = 3>
+inline void prefetch(const float* p, int64_t n) {
+  for (int64_t c = 0; c < n; c += 64 / sizeof(float)) __builtin_prefetch(p + c, 0, LOCALITY);
+  __builtin_prefetch(p + n - 1, 0, LOCALITY);
+}
+
 // Responses: `out` = output channels first.. (V vectors) of the ROWS sorted pixels `rows` from
 // the panel of a group's filters (pack_panel), their patches read from x (B, H, W, C_in). Not
 // inlined, with accumulators of its own: inlined into its callers, or adding to `out` (which
@@ -648,12 +660,17 @@ __attribute__((noinline)) void response(const Geometry& g, const float* x, const
 
 // Forward: output channels first .. first + width of the ROWS sorted pixels `rows`, from the
 // panel of their group's filters, plus `bias` (those channels' own, or null), into the output
-// rows `out` (B * L, C_out), and without it into `responses` (likewise; unless null).
+// rows `out` (B * L, C_out), and without it into `responses` (likewise; unless null). In a
+// pointwise layer the input rows of the `next` pixels after these (the next tile's) are fetched
+// into L2 meanwhile (10% of its forward at the 1x1 target layer; at 3x3, whose neighbouring
+// pixels share their rows, it was slower).
 template <int ROWS, int V>
 struct OutputTile {
   static void run(const Geometry& g, const float* x, const float* zero_row, const float* panel,
                   const int64_t* rows, const float* bias, float* out, float* responses,
-                  int64_t first, int64_t width) {
+                  int64_t first, int64_t width, int64_t next) {
+    if (g.pointwise)
+      for (int64_t r = 0; r < next; ++r) prefetch<2>(x + rows[ROWS + r] * g.c_in, g.c_in);
     vec acc[ROWS][V];
     response(g, x, zero_row, panel, rows, acc);
     for (int v = 0; v < V; ++v) {
@@ -796,17 +813,6 @@ inline void add_to(float* t, const vec (&sum)[V], int64_t width, bool first = fa
     vstore_part(t + LANES * v, first ? sum[v] : vadd(vload_part(t + LANES * v, left), sum[v]),
                 left);
   }
-}
-
-// Rows a loop gathering scattered rows fetches ahead of the one it reads (without, each read
-// waited on the cache).
-constexpr int64_t AHEAD = 8;
-
-// Into the cache: the cache lines of p[0 .. n).
-inline void prefetch(const float* p, int64_t n) {
-  for (int64_t c = 0; c < n; c += 64 / sizeof(float))
-    _mm_prefetch(reinterpret_cast<const char*>(p + c), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(p + n - 1), _MM_HINT_T0);
 }
 
 // Input gradient: `width` input channels (from `first`) of every tap of the ROWS sorted pixels
@@ -1206,12 +1212,15 @@ extern "C" int drconv_region_forward_f32(const float* x, const Filters* filters,
           const int n = groups_with_pixels(g, starts, b, samples, region, groups);
           if (!n) continue;
           filter.form_groups(groups, n, region, first, width);
-          for (int s = 0; s < n; ++s)
-            for (int64_t row = starts[groups[s]]; row < starts[groups[s] + 1]; row += MAX_ROWS)
+          for (int s = 0; s < n; ++s) {
+            const int64_t end = starts[groups[s] + 1];
+            for (int64_t row = starts[groups[s]]; row < end; row += MAX_ROWS)
               dispatch<OutputTile, MAX_ROWS, VECTORS>(
-                  static_cast<int>(std::min<int64_t>(starts[groups[s] + 1] - row, MAX_ROWS)),
-                  width, g, x, filter.zero_row, filter.panel(s), order + row,
-                  bias ? bias + first : nullptr, out, responses, first, width);
+                  static_cast<int>(std::min<int64_t>(end - row, MAX_ROWS)), width, g, x,
+                  filter.zero_row, filter.panel(s), order + row, bias ? bias + first : nullptr,
+                  out, responses, first, width,
+                  std::clamp<int64_t>(end - row - MAX_ROWS, 0, MAX_ROWS));
+          }
         }
       },
       g, *filters, samples, true);
@@ -1595,11 +1604,11 @@ struct PointwiseGuideWeightGrad {
 // pixels), each unless null: grad_x (B, C_in, pixels) = weight^T times grad, each sum from zero
 // over the regions in order; grad_weight (m, C_in) = grad times x^T summed over the samples and
 // pixels, and grad_bias (m) the sums of grad, each lane by lane over the vectors of pixels,
-// sample after sample, then over the lanes. grad is first packed (B, vectors of pixels, m, LANES): read where it lies, its m
-// rows (4 KiB apart at 32 x 32) fell into one cache set. Work items: x's gradient, a sample's
-// run of pixels; the weight's, an input channel (and one the bias), whose sums no thread count
-// changes. (oneDNN's backward with 8 outputs ran far below its speed.) Returns 1 when a buffer
-// could not be allocated, else 0.
+// sample after sample, then over the lanes. grad is first packed (B, vectors of pixels, m,
+// LANES): read where it lies, its m rows (4 KiB apart at 32 x 32) fell into one cache set. Work
+// items: x's gradient, a sample's run of pixels; the weight's, an input channel (and one the
+// bias), whose sums no thread count changes. (oneDNN's backward with 8 outputs ran far below its
+// speed.) Returns 1 when a buffer could not be allocated, else 0.
 extern "C" int drconv_pointwise_guide_backward_f32(const float* x, const float* weight,
                                                    const float* grad, float* grad_x,
                                                    float* grad_weight, float* grad_bias,
