@@ -1615,8 +1615,9 @@ extern "C" int drconv_pointwise_guide_backward_f32(const float* x, const float* 
                                                    int64_t batch, int64_t c_in, int64_t regions,
                                                    int64_t pixels, int threads) {
   const int64_t vectors = (pixels + LANES - 1) / LANES;
-  float* packed = static_cast<float*>(
-      aligned_alloc(64, batch * vectors * regions * LANES * sizeof(float)));
+  // a whole number of 64-byte lines, at least one (aligned_alloc's size; empty inputs)
+  const int64_t lines = (batch * vectors * regions * LANES * sizeof(float) + 63) / 64;
+  float* packed = static_cast<float*>(aligned_alloc(64, std::max<int64_t>(lines, 1) * 64));
   float* weight_t = static_cast<float*>(malloc(c_in * regions * sizeof(float)));
   if (!packed || !weight_t) {
     free(packed);
