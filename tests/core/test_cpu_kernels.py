@@ -240,13 +240,14 @@ def test_guide_shifted_sum_is_the_pytorch_paths_bit_for_bit(monkeypatch, k, stri
 
 @needs_kernel
 @pytest.mark.parametrize('b,c_in,m,size', [(3, 5, 3, (7, 9)), (2, 16, 8, (8, 8)),
-                                           (2, 7, 19, (5, 6)), (1, 3, 1, (1, 1))])
+                                           (2, 7, 19, (5, 6)), (1, 3, 1, (1, 1)),
+                                           (0, 4, 3, (4, 4))])
 @pytest.mark.parametrize('bias', [True, False])
 def test_guide_backward_at_1x1_is_convs(monkeypatch, b, c_in, m, size, bias):
     """At 1x1 (stride 1, no padding) the guide conv's backward is the kernel's: x's, the
     weight's and the bias's gradients against conv's in float64 (more regions than one pass
-    keeps in registers, one region, a tail of pixels), the same on 1 and 3 threads; with a
-    channels-last x, conv's backward."""
+    keeps in registers, one region, a tail of pixels, an empty batch), the same on 1 and 3
+    threads; with a channels-last x, conv's backward."""
     from drconv.guide_conv import guide_conv2d
     from drconv.patches import Geometry
     gen = torch.Generator().manual_seed(0)
