@@ -119,6 +119,23 @@ def test_kernels_repeat_exactly():  # each element summed by one thread in a fix
 
 
 @needs_kernel
+@pytest.mark.parametrize('c_in,c_out', [(6, 10), (10, 6)])  # with the scores; its own kernel
+def test_pointwise_input_gradient_is_written_whole(c_in, c_out):
+    """A pointwise layer's x gradient is written by the kernels, not added to zeros (one sum
+    per element): a scratch buffer full of NaN beforehand changes no gradient."""
+    from drconv.scratch import scratch
+    x, weight, guide = make_inputs(3, c_in, c_out, (5, 7), 1, 1, 0, 1, 4)
+    grad_out = torch.randn(3, c_out, 5, 7, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (x, weight, guide)]
+        runs.append(torch.autograd.grad(region_conv(*leaves), leaves, grad_out))
+        scratch('result_rows', 4 * x.numel(), x).fill_(float('nan'))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert not runs[1][0].isnan().any()
+
+
+@needs_kernel
 @pytest.mark.parametrize('case', [CASES[0], CASES[1], CASES[4]])  # K > C_out; C_out tails
 def test_own_region_scores_from_the_forwards_responses_bit_for_bit(case):
     """Where the scores are responses times output gradient, each pixel's own region's score
