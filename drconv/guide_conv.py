@@ -61,15 +61,14 @@ class GuideConvFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias, geo: Geometry) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.geo = geo
-        ctx.pointwise = (cpu_kernels.pointwise(geo) and cpu_kernels.is_available(x)
-                         and x.is_contiguous() and weight.dtype == x.dtype)
         return shifted_sum_conv2d(x, weight, geo, bias)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
         geo = ctx.geo
-        if ctx.pointwise and grad_out.dtype == x.dtype:
+        if (cpu_kernels.pointwise(geo) and cpu_kernels.is_available(x) and x.is_contiguous()
+                and weight.dtype == grad_out.dtype == x.dtype):
             return (*cpu_kernels.pointwise_guide_backward(grad_out, x, weight,
                                                           *ctx.needs_input_grad[:3]), None)
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(

@@ -1547,24 +1547,17 @@ extern "C" void drconv_shifted_sum_f32(const float* taps, const float* bias, flo
 
 namespace {
 
-// The most regions a pointwise guide pass keeps in registers (one vector of pixels each).
+// The most regions a pointwise guide pass keeps in registers (one vector of pixels each; the
+// kernels below take their count R from with_rows, as a register per region: indexed by a
+// runtime count, the compiler kept them in memory).
 constexpr int GUIDE_REGIONS = 8;
-
-// Calls Kernel<regions>::run(args...) for runtime regions in 1..GUIDE_REGIONS (a register per
-// region: indexed by a runtime count, the compiler kept them in memory).
-template <template <int> class Kernel, int R = GUIDE_REGIONS, class... Args>
-void with_guide_regions(int64_t regions, Args&&... args) {
-  if constexpr (R > 1) {
-    if (regions < R) return with_guide_regions<Kernel, R - 1>(regions, args...);
-  }
-  Kernel<R>::run(args...);
-}
 
 // x's gradient at one vector of pixels (`left` of them) of a sample, every input channel i:
 // grad_x[i, p] (rows `pixels` apart) = sum_r weight_t[i, r] * g[r] (weight_t (C_in, m): rows m
 // apart), the sum over the regions r < R in order, from zero or, `going_on` (regions before
 // these), from grad_x; g: the regions' gradient at those pixels, R vectors side by side.
-template <int R>
+// (V: with_rows' vectors, unused.)
+template <int R, int V>
 struct PointwiseGuideInputGrad {
   static void run(const float* g, const float* weight_t, float* grad_x, bool going_on,
                   int64_t c_in, int64_t regions, int64_t pixels, int64_t left) {
@@ -1581,8 +1574,9 @@ struct PointwiseGuideInputGrad {
 // grad_weight[r] (r < R, rows `stride` apart) = sum_b sum_p g[b, p, r] * x[b, p], summed lane by
 // lane over the vectors of pixels, sample after sample, then over the lanes; g: the regions'
 // gradient packed (B, vectors of pixels, m, LANES), x: one input channel's (B, pixels; samples
-// `sample` apart), or null for the sums of g alone (the bias's gradient).
-template <int R>
+// `sample` apart), or null for the sums of g alone (the bias's gradient). (V: with_rows'
+// vectors, unused.)
+template <int R, int V>
 struct PointwiseGuideWeightGrad {
   static void run(const float* g, const float* x, float* grad_weight, int64_t stride,
                   int64_t batch, int64_t sample, int64_t regions, int64_t pixels) {
@@ -1642,8 +1636,8 @@ extern "C" int drconv_pointwise_guide_backward_f32(const float* x, const float* 
       const int64_t b = item / runs;
       for (int64_t v = item % runs * RUN; v < std::min(vectors, (item % runs + 1) * RUN); ++v)
         for (int64_t r0 = 0; r0 < regions; r0 += GUIDE_REGIONS)
-          with_guide_regions<PointwiseGuideInputGrad>(
-              std::min<int64_t>(regions - r0, GUIDE_REGIONS),
+          with_rows<PointwiseGuideInputGrad, 1, GUIDE_REGIONS>(
+              static_cast<int>(std::min<int64_t>(regions - r0, GUIDE_REGIONS)),
               packed + ((b * vectors + v) * regions + r0) * LANES, weight_t + r0,
               grad_x + b * c_in * pixels + v * LANES, r0 > 0, c_in, regions, pixels,
               pixels - v * LANES);
@@ -1652,8 +1646,8 @@ extern "C" int drconv_pointwise_guide_backward_f32(const float* x, const float* 
     for (int64_t i = -1; i < c_in; ++i) {  // item -1: the bias
       if (i < 0 ? !grad_bias : !grad_weight) continue;
       for (int64_t r0 = 0; r0 < regions; r0 += GUIDE_REGIONS)
-        with_guide_regions<PointwiseGuideWeightGrad>(
-            std::min<int64_t>(regions - r0, GUIDE_REGIONS), packed + r0 * LANES,
+        with_rows<PointwiseGuideWeightGrad, 1, GUIDE_REGIONS>(
+            static_cast<int>(std::min<int64_t>(regions - r0, GUIDE_REGIONS)), packed + r0 * LANES,
             i < 0 ? nullptr : x + i * pixels,
             i < 0 ? grad_bias + r0 : grad_weight + r0 * c_in + i, i < 0 ? int64_t{1} : c_in,
             batch, c_in * pixels, regions, pixels);
