@@ -183,14 +183,16 @@ def factored_source(f: Factors) -> FilterSource:
     return source
 
 
-def channels_last_rows(t: Tensor, name: str, threads: int) -> Tensor:
+def channels_last_rows(t: Tensor, name: Optional[str], threads: int) -> Tensor:
     """``t`` (B, C, H, W) as a contiguous (B, H, W, C) tensor: a view when ``t`` is laid out so,
-    else a copy into the scratch buffer ``name``, transposed here (4x faster than torch's)."""
+    else a copy into the scratch buffer ``name`` (None: memory of its own), transposed here (4x
+    faster than torch's)."""
     rows = t.permute(0, 2, 3, 1)
     if rows.is_contiguous():
         return rows
     t = t.contiguous()
-    rows = scratch(name, t.numel(), t).view(rows.shape)
+    rows = (t.new_empty(rows.shape) if name is None else
+            scratch(name, t.numel(), t).view(rows.shape))
     library().drconv_transpose_f32(t.data_ptr(), rows.data_ptr(), t.shape[0], t.shape[1],
                                    t.shape[2] * t.shape[3], threads)
     return rows
@@ -207,6 +209,37 @@ def sort_by_group(region: Tensor, regions: int) -> Tuple[Tensor, Tensor]:
                                       starts.data_ptr()):
         raise MemoryError(f'region_conv: no memory to sort {b} x {regions} groups')
     return order, starts
+
+
+class SortedInput(NamedTuple):
+    """x as the kernels read it and the output pixels in group order (:func:`sort_input`).
+
+    Attributes:
+        rows (Tensor[B, H, W, C_in]): x's rows (given to :func:`backward`: None where the
+            forward's were scratch, and the backward then transposes x again).
+        order, starts (Tensor): as :func:`sort_by_group` gives them.
+    """
+
+    rows: Optional[Tensor]
+    order: Tensor
+    starts: Tensor
+
+
+def sort_input(x: Tensor, region: Tensor, regions: int, keep: bool = False) -> SortedInput:
+    """x's rows and its output pixels sorted by group, for :func:`forward` and, when ``keep``,
+    also for :func:`backward` (the rows then in memory of their own, not in scratch: the
+    backward needs not transpose x again).
+
+    Args:
+        x (Tensor[B, C_in, H, W]): input, float32 on CPU, any memory format.
+        region (Tensor[B, L]): region of each output pixel.
+        regions (int): m.
+    """
+    # else in the scratch the PyTorch backward gathers patches into, not in one of its own: a
+    # 1x1 layer's backward, which reads x's columns, would otherwise keep 4 MiB more at the
+    # target
+    rows = channels_last_rows(x, None if keep else 'patches', torch.get_num_threads())
+    return SortedInput(rows, *sort_by_group(region, regions))
 
 
 def shape_of(x: Tensor, regions: int, c_out: int, out_size: Tuple[int, int],
@@ -311,7 +344,8 @@ def adaptive_avg_pool(x: Tensor, out_size: Tuple[int, int]) -> Tensor:
 
 def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: Tensor,
             out_size: Tuple[int, int], geo: Geometry, bias: Optional[Tensor] = None,
-            responses: Optional[Tensor] = None) -> Tensor:
+            responses: Optional[Tensor] = None,
+            sorted_x: Optional[SortedInput] = None) -> Tensor:
     """Selected-filter convolution with the kernel.
 
     Args:
@@ -325,16 +359,14 @@ def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: T
         bias (Tensor[C_out]): added to the output, if given.
         responses (Tensor[B * L, C_out]): contiguous, if given: filled with the output without
             the bias, for :func:`backward`'s scores.
+        sorted_x (SortedInput): :func:`sort_input` of x and region, if made already.
 
     Returns:
         Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
     """
     threads = torch.get_num_threads()
     b = x.shape[0]
-    # in the scratch the PyTorch backward gathers patches into, not in one of its own: a 1x1
-    # layer's backward, which reads x's columns, would otherwise keep 4 MiB more at the target
-    x_rows = channels_last_rows(x, 'patches', threads)
-    order, starts = sort_by_group(region, regions)
+    x_rows, order, starts = sorted_x or sort_input(x, region, regions)
     # the output itself when channels-last, else rows transposed at the end: faster than
     # storing each result to its NCHW place
     out_rows = (torch.empty(b, *out_size, c_out) if channels_last(x) else
@@ -392,7 +424,8 @@ def stand_in_starts(starts: Tensor, regions: int, stand_ins: int) -> Tensor:
 def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, region: Tensor,
              geo: Geometry, need_input: bool, need_filters: bool, need_scores: bool,
              factors: Optional[Factors] = None, score_source: Optional[FilterSource] = None,
-             responses: Optional[Tensor] = None) -> Backward:
+             responses: Optional[Tensor] = None,
+             sorted_x: Optional[SortedInput] = None) -> Backward:
     """The gradients of x and of the filters, and every region's scores, with the kernels.
 
     Args:
@@ -407,6 +440,7 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
             pixel's own region's score is made from them (with ``score_source``: in the first
             stand-in's place, which is not computed), the others' as response times output
             gradient (given where :func:`scores_from_responses`, or with ``score_source``).
+        sorted_x (SortedInput): the forward's, if it kept it (with or without x's rows).
     """
     threads = torch.get_num_threads()
     b, c_in, h, w = x.shape
@@ -414,8 +448,9 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
     out_size = tuple(grad_out.shape[2:])
     lib = library()
     grad_rows = channels_last_rows(grad_out, 'grad_rows', threads)
-    x_rows = channels_last_rows(x, 'input_rows', threads) if need_filters or need_scores else None
-    order, starts = sort_by_group(region, regions)
+    x_rows, order, starts = sorted_x or (None, *sort_by_group(region, regions))
+    if x_rows is None and (need_filters or need_scores):
+        x_rows = channels_last_rows(x, 'input_rows', threads)
     shape = shape_of(x, regions, c_out, out_size, geo)
     grad_x = grad_filters = scores = None
     if need_filters and factors is None:

@@ -135,9 +135,14 @@ class RegionConvFunction(torch.autograd.Function):
             # kept for the guide's scores: each pixel's own region's then costs no convolution
             keep = ctx.needs_input_grad[2] and cpu_kernels.scores_from_responses(geo, c_in, c_out)
             responses = x.new_empty(region.numel(), c_out) if keep else None
+            # x's rows kept for the backward where the weight's or the guide's gradient reads them
+            need_rows = any(ctx.needs_input_grad[1:3])
+            sorted_x = cpu_kernels.sort_input(x, region, m, keep=need_rows)
             out = cpu_kernels.forward(x, cpu_kernels.explicit_source(weight), m, c_out, region,
-                                      out_size, geo, responses=responses)
-            ctx.save_for_backward(x, weight, guide, region, responses)
+                                      out_size, geo, responses=responses, sorted_x=sorted_x)
+            ctx.save_for_backward(x, weight, guide, region, responses,
+                                  sorted_x.rows if need_rows else None, sorted_x.order,
+                                  sorted_x.starts)
             return out
         region = guide.max(dim=1).indices.view(b, -1)  # the first max, as argmax; faster on CPU
         filters = weight.permute(0, 1, 2, 4, 5, 3).reshape(b, m, c_out, -1).contiguous()
@@ -157,11 +162,12 @@ class RegionConvFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         need_x, need_w, need_g = ctx.needs_input_grad[:3]
         if ctx.on_kernels:
-            x, weight, guide, region, responses = ctx.saved_tensors
+            x, weight, guide, region, responses, *sorted_x = ctx.saved_tensors
             b, m, c_out, c_in, kh, kw = weight.shape
             grad_x, grad_w, scores = cpu_kernels.backward(
                 grad_out, x, cpu_kernels.explicit_source(weight), m, region, ctx.geo, need_x,
-                need_w, need_g, responses=responses)
+                need_w, need_g, responses=responses,
+                sorted_x=cpu_kernels.SortedInput(*sorted_x))
             if need_w:
                 grad_w = grad_w.view(b, m, c_out, kh, kw, c_in).permute(0, 1, 2, 5, 3, 4)
             grad_g = (guide_gradient_from_scores(guide, region, scores, ctx.guide_grad)

@@ -79,16 +79,20 @@ class FactoredRegionConvFunction(torch.autograd.Function):
             scores_through_stand_ins(f, m)
             or cpu_kernels.scores_from_responses(geo, x.shape[1], c_out))
         responses = x.new_empty(region.numel(), c_out) if keep else None
+        # x's rows kept for the backward where the guide's or the factors' gradient reads them
+        need_rows = any(ctx.needs_input_grad[1:6])
+        sorted_x = cpu_kernels.sort_input(x, region, m, keep=need_rows)
         out = cpu_kernels.forward(x, cpu_kernels.factored_source(f), m, c_out, region,
-                                  tuple(guide.shape[2:]), geo, bias, responses)
-        ctx.save_for_backward(x, guide, region, responses, *f)
+                                  tuple(guide.shape[2:]), geo, bias, responses, sorted_x)
+        ctx.save_for_backward(x, guide, region, responses, sorted_x.rows if need_rows else None,
+                              sorted_x.order, sorted_x.starts, *f)
         ctx.geo, ctx.guide_grad = geo, guide_grad
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        x, guide, region, responses, *saved = ctx.saved_tensors
+        x, guide, region, responses, rows, order, starts, *saved = ctx.saved_tensors
         f = Factors(*saved)
         m = guide.shape[1]
         need_x, need_g = ctx.needs_input_grad[:2]
@@ -98,7 +102,8 @@ class FactoredRegionConvFunction(torch.autograd.Function):
                         if stand_ins else None)
         grad_x, grads, scores = cpu_kernels.backward(
             grad_out, x, cpu_kernels.factored_source(f), m, region, ctx.geo, need_x,
-            need_factors, need_g, factors=f, score_source=score_source, responses=responses)
+            need_factors, need_g, factors=f, score_source=score_source, responses=responses,
+            sorted_x=cpu_kernels.SortedInput(rows, order, starts))
         grad_g = None
         if need_g:
             if stand_ins:

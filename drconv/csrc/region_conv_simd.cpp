@@ -1552,21 +1552,29 @@ namespace {
 // runtime count, the compiler kept them in memory).
 constexpr int GUIDE_REGIONS = 8;
 
-// x's gradient at one vector of pixels (`left` of them) of a sample, every input channel i:
-// grad_x[i, p] (rows `pixels` apart) = sum_r weight_t[i, r] * g[r] (weight_t (C_in, m): rows m
-// apart), the sum over the regions r < R in order, from zero or, `going_on` (regions before
-// these), from grad_x; g: the regions' gradient at those pixels, R vectors side by side.
-// (V: with_rows' vectors, unused.)
+// x's gradient at a run of `count` vectors of pixels of a sample (`left` pixels from the
+// run's first), every input channel i: grad_x[i, p] (rows `pixels` apart) = sum_r
+// weight_t[i, r] * g[r] (weight_t (C_in, m): rows m apart), the sum over the regions r < R in
+// order, from zero or, `going_on` (regions before these), from grad_x; g: the regions'
+// gradient at each vector of pixels, R vectors side by side, vectors `stride` floats apart.
+// Channel by channel, each row's run written in order (vector by vector, every channel's, the
+// stores fell 4 KiB apart into one cache set). (V: with_rows' vectors, unused.)
 template <int R, int V>
 struct PointwiseGuideInputGrad {
-  static void run(const float* g, const float* weight_t, float* grad_x, bool going_on,
-                  int64_t c_in, int64_t regions, int64_t pixels, int64_t left) {
-    vec gv[R];
-    for (int r = 0; r < R; ++r) gv[r] = vload(g + r * LANES);
+  static void run(const float* g, int64_t stride, int64_t count, const float* weight_t,
+                  float* grad_x, bool going_on, int64_t c_in, int64_t regions, int64_t pixels,
+                  int64_t left) {
     for (int64_t i = 0; i < c_in; ++i, weight_t += regions) {
-      vec acc = going_on ? vload_part(grad_x + i * pixels, left) : vzero();
-      for (int r = 0; r < R; ++r) acc = vfma(vset1(weight_t[r]), gv[r], acc);
-      vstore_part(grad_x + i * pixels, acc, left);
+      vec w[R];
+      for (int r = 0; r < R; ++r) w[r] = vset1(weight_t[r]);
+      float* row = grad_x + i * pixels;
+      for (int64_t v = 0; v < count; ++v) {
+        const float* gv = g + v * stride;
+        const int64_t rest = left - v * LANES;
+        vec acc = going_on ? vload_part(row + v * LANES, rest) : vzero();
+        for (int r = 0; r < R; ++r) acc = vfma(w[r], vload(gv + r * LANES), acc);
+        vstore_part(row + v * LANES, acc, rest);
+      }
     }
   }
 };
@@ -1633,14 +1641,13 @@ extern "C" int drconv_pointwise_guide_backward_f32(const float* x, const float* 
     }
 #pragma omp for schedule(static) nowait
     for (int64_t item = 0; item < (grad_x ? batch * runs : 0); ++item) {
-      const int64_t b = item / runs;
-      for (int64_t v = item % runs * RUN; v < std::min(vectors, (item % runs + 1) * RUN); ++v)
-        for (int64_t r0 = 0; r0 < regions; r0 += GUIDE_REGIONS)
-          with_rows<PointwiseGuideInputGrad, 1, GUIDE_REGIONS>(
-              static_cast<int>(std::min<int64_t>(regions - r0, GUIDE_REGIONS)),
-              packed + ((b * vectors + v) * regions + r0) * LANES, weight_t + r0,
-              grad_x + b * c_in * pixels + v * LANES, r0 > 0, c_in, regions, pixels,
-              pixels - v * LANES);
+      const int64_t b = item / runs, v = item % runs * RUN;
+      for (int64_t r0 = 0; r0 < regions; r0 += GUIDE_REGIONS)
+        with_rows<PointwiseGuideInputGrad, 1, GUIDE_REGIONS>(
+            static_cast<int>(std::min<int64_t>(regions - r0, GUIDE_REGIONS)),
+            packed + ((b * vectors + v) * regions + r0) * LANES, regions * LANES,
+            std::min(vectors - v, RUN), weight_t + r0, grad_x + b * c_in * pixels + v * LANES,
+            r0 > 0, c_in, regions, pixels, pixels - v * LANES);
     }
 #pragma omp for schedule(static)
     for (int64_t i = -1; i < c_in; ++i) {  // item -1: the bias

@@ -191,6 +191,29 @@ def test_repeats_exactly():
 
 
 @needs_kernel
+@pytest.mark.parametrize('case', [CASES[0], CASES[1], CASES[3]])
+def test_backward_reads_its_own_forwards_input(case):
+    """The forward keeps x's rows and the pixels' order for the backward (where the guide's or
+    the factors' gradient reads them): another forward in between, of another x of the same
+    shape, changes no gradient; with x alone needing its gradient nothing is kept."""
+    kind, _, _, _, _, _, s, p, d, _, _ = case
+    f, x, guide, bias, grad_out = inputs(case)
+    alone = leaves(f, x, guide, bias)
+    run_factored(kind, alone, s, p, d).backward(grad_out)
+    first = leaves(f, x, guide, bias)
+    out = run_factored(kind, first, s, p, d)
+    _, other, other_guide, _, _ = inputs(case, seed=5)
+    run_factored(kind, leaves(f, other, other_guide, bias), s, p, d)  # its backward never runs
+    out.backward(grad_out)
+    for a, b in zip(alone, first):
+        if a is not None:
+            assert torch.equal(a.grad, b.grad)
+    x_only = x.clone().requires_grad_()
+    region_conv_factored(x_only, f, guide, s, p, d, bias=bias).backward(grad_out)
+    assert torch.equal(x_only.grad, alone[0].grad)
+
+
+@needs_kernel
 def test_forward_is_the_same_on_any_number_of_threads():
     """Each output element is made by one work item, whatever the items: with more threads than
     panels and regions keep busy, each item takes a run of the samples (here 3 regions, 1 or 2
