@@ -476,7 +476,7 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
         if score_source is not None:
             score_regions = score_source.regions
             score_starts = stand_in_starts(starts, regions, score_regions)
-        scores = x.new_zeros(order.numel(), score_regions)
+        scores = x.new_empty(order.numel(), score_regions)  # every element written
         score_shape = shape_of(x, score_regions, c_out, out_size, geo)  # referenced: a pointer
         # with stand-ins, every pixel "in" the first: its own region's score in that one's place
         owner = region if score_source is None else torch.zeros_like(region)
@@ -514,10 +514,11 @@ def factor_grads(x_rows: Tensor, grad_rows: Tensor, order: Tensor, starts: Tenso
     c_out = factors.weight.shape[0]
     rows = factor_grad_rows(c_out, threads)
     blocks = -(-c_out // rows)
-    grads = Factors(torch.zeros_like(factors.weight),
-                    None if factors.bias is None else torch.zeros_like(factors.bias),
-                    torch.zeros_like(factors.terms),
-                    factors.coef.new_zeros(blocks, *factors.coef.shape))
+    # zeroed by the kernel, each part by the thread that sums into it
+    grads = Factors(torch.empty_like(factors.weight),
+                    None if factors.bias is None else torch.empty_like(factors.bias),
+                    torch.empty_like(factors.terms),
+                    factors.coef.new_empty(blocks, *factors.coef.shape))
     buffers = FactorGradBuffers(
         weight=grads.weight.data_ptr(),
         bias=grads.bias.data_ptr() if grads.bias is not None else None,

@@ -142,8 +142,8 @@ struct Filters {
   int64_t n_terms, terms_by_region, terms_by_tap, coef_by_tap;
 };
 
-// The factors' gradients (drconv/cpu_kernels.py's FactorGrads), each zeroed by the caller and
-// null when not wanted: weight (C_out, K), bias and terms shaped as theirs, coef_parts
+// The factors' gradients (drconv/cpu_kernels.py's FactorGrads), each null when not wanted (the
+// kernel zeroes them first): weight (C_out, K), bias and terms shaped as theirs, coef_parts
 // (blocks, B, m, n_terms, taps or 1), one part per block of `block_rows` output channels.
 struct FactorGrads {
   float* weight;
@@ -1252,11 +1252,31 @@ extern "C" int drconv_region_filter_grad_f32(const float* x, const float* grad_r
 // holds (its gradient block): larger items are made of fewer blocks.
 constexpr int64_t FACTOR_GRAD_BYTES = 16 << 20;
 
-// The factors' gradients (FactorGrads, zeroed by the caller) of factored filters. One work item
-// is a run of blocks of grads->block_rows output channels (as many as make an item per thread,
-// where their gradient fits in FACTOR_GRAD_BYTES: each item packs every group's patches again),
-// looping over the groups in order and reducing each group's gradient into the factors'
-// gradients block by block: every element is summed by one thread in a fixed order.
+// Zeroes what the work item of output channels first .. first + n_rows (blocks of `rows`) sums
+// into: the factors' gradient rows of those channels (the weight's; every region's bias and
+// every term's) and the blocks' coefficient parts.
+void zero_factor_rows(const Geometry& g, const Filters& f, const FactorGrads& d, int64_t first,
+                      int64_t n_rows, int64_t rows) {
+  const int64_t K = g.kh * g.kw * g.c_in, term_k = f.terms_by_tap ? K : g.c_in;
+  const int64_t coef_taps = f.coef_by_tap ? g.kh * g.kw : 1;
+  const int64_t bytes = static_cast<int64_t>(sizeof(float));
+  if (d.weight) memset(d.weight + first * K, 0, n_rows * K * bytes);
+  for (int64_t r = 0; d.bias && r < g.regions; ++r)
+    memset(d.bias + (r * g.c_out + first) * g.c_in, 0, n_rows * g.c_in * bytes);
+  const int64_t term_sets = (f.terms_by_region ? g.regions : 1) * f.n_terms;
+  for (int64_t c = 0; d.terms && c < term_sets; ++c)
+    memset(d.terms + (c * g.c_out + first) * term_k, 0, n_rows * term_k * bytes);
+  const int64_t part = g.batch * g.regions * f.n_terms * coef_taps;
+  if (d.coef_parts)
+    memset(d.coef_parts + first / rows * part, 0, (n_rows + rows - 1) / rows * part * bytes);
+}
+
+// The factors' gradients (FactorGrads) of factored filters. One work item is a run of blocks of
+// grads->block_rows output channels (as many as make an item per thread, where their gradient
+// fits in FACTOR_GRAD_BYTES: each item packs every group's patches again), which zeroes its
+// part of the gradients, then loops over the groups in order, reducing each group's gradient
+// into the factors' gradients block by block: every element is summed by one thread in a
+// fixed order.
 extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad_rows,
                                                const int64_t* order, const int64_t* starts,
                                                const Filters* filters, const FactorGrads* grads,
@@ -1272,6 +1292,7 @@ extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad
       [&](GroupPatches& buffers, int64_t item) {
         const int64_t first = item * per_item * rows;
         const int64_t n_rows = std::min(g.c_out - first, per_item * rows);
+        zero_factor_rows(g, *filters, *grads, first, n_rows, rows);
         for (int64_t group = 0; group < g.batch * g.regions; ++group) {
           if (starts[group] == starts[group + 1]) continue;
           group_filter_grad(g, x, grad_rows, order, starts, group, first, n_rows, buffers,
@@ -1370,11 +1391,10 @@ int scores_by_patch_grads(const Geometry& g, const float* x, const Filters& filt
           const int64_t lo = starts[sample * g.regions], hi = starts[(sample + 1) * g.regions];
           for (int64_t chunk = lo; chunk < hi; chunk += SCORE_CHUNK) {
             const int64_t end = std::min(hi, chunk + SCORE_CHUNK);
-            // the chunk's scores summed here (in the same order), read and written back once:
-            // added there part by part, their scattered rows took a fifth of the time
+            // the chunk's scores summed here from zero (in the same order), written once: added
+            // there part by part, their scattered rows took a fifth of the time
             float sums[SCORE_CHUNK];
-            for (int64_t row = chunk; row < end; ++row)
-              sums[row - chunk] = scores[order[row] * g.regions + region];
+            for (int64_t row = chunk; row < end; ++row) sums[row - chunk] = 0.0f;
             // the chunk's output gradient packed once for every tap and block where 12 row
             // pointers (AVX-512) would leave too few registers for the loop, else read where it
             // lies (packed again for every region, it took as long as the multiply-adds at 1x1)
@@ -1428,13 +1448,17 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
         const int64_t sample = group / g.regions, region = group % g.regions;
         // the pixels of the region's own group from their saved responses, the others here
         if (responses)
-          for (int64_t q = starts[group]; q < starts[group + 1]; ++q)
+          for (int64_t q = starts[group]; q < starts[group + 1]; ++q) {
+            const int64_t row = order[q];
+            float& score = scores[row * g.regions + region];
+            score = 0.0f;
             for (int64_t first = 0; first < g.c_out; first += PANEL) {
-              const int64_t row = order[q], width = std::min<int64_t>(g.c_out - first, PANEL);
+              const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
               dispatch<SavedScoreTile, 1, VECTORS>(1, width, responses + row * g.c_out,
                                                    grad_rows + row * g.c_out, first, width,
-                                                   scores[row * g.regions + region]);
+                                                   score);
             }
+          }
         // every pixel of the sample in this group (as stand-ins' pixels are in the first): done
         if (responses && starts[group + 1] - starts[group] == pixels) return;
         int64_t rows[SCORE_CHUNK];
@@ -1449,8 +1473,10 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
             for (int64_t row = sample * pixels + chunk;
                  row < sample * pixels + std::min(pixels, chunk + SCORE_CHUNK); ++row)
               if (!responses || region_of[row] != region) rows[n++] = row;
-            // the chunk's scores summed here, as the patch gradients' are
-            for (int64_t q = 0; q < n; ++q) sums[q] = scores[rows[q] * g.regions + region];
+            // the chunk's scores summed here, as the patch gradients' are: from zero, then on
+            // from the panels before
+            for (int64_t q = 0; q < n; ++q)
+              sums[q] = p0 ? scores[rows[q] * g.regions + region] : 0.0f;
             for (int64_t p = 0; p < n_panels; ++p) {
               const int64_t first = (p0 + p) * PANEL;
               const int64_t width = std::min<int64_t>(g.c_out - first, PANEL);
@@ -1469,7 +1495,7 @@ int scores_by_responses(const Geometry& g, const float* x, const Filters& filter
 
 }  // namespace
 
-// scores (B * L, m, zeroed by the caller) += every region's score at every pixel,
+// scores (B * L, m) = every region's score at every pixel (each summed from zero),
 // <output gradient, region's response>, one work item per sample and region (m: the regions of
 // `filters`, which may be stand-ins shared by the samples, their pixels all in the first). With
 // the forward's `responses` (else null), each pixel's own region's score is made from them

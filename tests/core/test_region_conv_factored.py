@@ -214,6 +214,33 @@ def test_backward_reads_its_own_forwards_input(case):
 
 
 @needs_kernel
+@pytest.mark.parametrize('case', [CASES[0], CASES[3], CASES[9], CASES[10]])
+def test_what_the_kernels_sum_into_they_zero_first(case, monkeypatch):
+    """The scores and the factors' gradients are zeroed by the kernels that sum into them
+    (stand-ins; a region bias; two blocks of panels; patch gradients): memory full of NaN where
+    they are allocated changes no result."""
+    kind, _, _, _, _, _, s, p, d, _, _ = case
+    f, x, guide, bias, grad_out = inputs(case)
+
+    def run():
+        ts = leaves(f, x, guide, bias)
+        out = run_factored(kind, ts, s, p, d)
+        out.backward(grad_out)
+        return [out] + [t.grad for t in ts if t is not None]
+
+    clean = run()
+    new_empty, empty_like = torch.Tensor.new_empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float('nan')) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch.Tensor, 'new_empty', lambda *a, **k: nan(new_empty(*a, **k)))
+    monkeypatch.setattr(torch, 'empty_like', lambda *a, **k: nan(empty_like(*a, **k)))
+    dirty = run()
+    assert all(torch.equal(a, b) for a, b in zip(clean, dirty))
+
+
+@needs_kernel
 def test_forward_is_the_same_on_any_number_of_threads():
     """Each output element is made by one work item, whatever the items: with more threads than
     panels and regions keep busy, each item takes a run of the samples (here 3 regions, 1 or 2
