@@ -972,13 +972,16 @@ struct FilterBlock {
   }
 };
 
-// Rows of a group's filter gradient that reduce_to_factors reduces into the terms together.
+// Rows of a group's filter gradient that reduce_to_terms reduces into the terms together, and
+// groups whose gradients it adds to the terms at once (WaveTermsReduction).
 constexpr int64_t REDUCED_ROWS = 4;
+constexpr int WAVE_GROUPS = 8;
 
 // A thread's buffers for a filter gradient of `rows` output channels: the group's output
 // gradient packed in tiles of BLOCK_ROWS channels, (tiles, n, BLOCK_ROWS), one tap's block of its
-// pixels' values, (n, BLOCK), the pixels' taps, and (factored filters) the group's gradient
-// block, (rows, K), and reduce_to_factors' dot products, (REDUCED_ROWS, taps).
+// pixels' values, (n, BLOCK), the pixels' taps, and (factored filters) the gradient blocks of
+// `blocks` groups, (blocks, rows, K), and reduce_to_terms' dot products, (WAVE_GROUPS,
+// REDUCED_ROWS, taps).
 struct GroupPatches {
   float* grads;
   float* patches;
@@ -986,14 +989,16 @@ struct GroupPatches {
   float* block;
   float* sums;
   bool with_block;
-  GroupPatches(const Geometry& g, int64_t rows, bool block_too)
+  GroupPatches(const Geometry& g, int64_t rows, bool block_too, int64_t blocks = 1)
       : grads(static_cast<float*>(malloc((rows + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS *
                                          g.h_out * g.w_out * sizeof(float)))),
         patches(static_cast<float*>(aligned_alloc(64, g.h_out * g.w_out * BLOCK * sizeof(float)))),
         taps(static_cast<const float**>(malloc(g.h_out * g.w_out * sizeof(float*)))),
-        block(block_too ? static_cast<float*>(malloc(rows * g.kh * g.kw * g.c_in * sizeof(float)))
+        block(block_too ? static_cast<float*>(
+                              malloc(blocks * rows * g.kh * g.kw * g.c_in * sizeof(float)))
                         : nullptr),
-        sums(block_too ? static_cast<float*>(malloc(REDUCED_ROWS * g.kh * g.kw * sizeof(float)))
+        sums(block_too ? static_cast<float*>(
+                             malloc(WAVE_GROUPS * REDUCED_ROWS * g.kh * g.kw * sizeof(float)))
                        : nullptr),
         with_block(block_too) {}
   ~GroupPatches() {
@@ -1033,7 +1038,7 @@ void group_filter_grad(const Geometry& g, const float* x, const float* grad_rows
   }
 }
 
-// reduce_to_factors' terms and coefficients of R output channels' gradient rows `gr` (R, K):
+// reduce_to_terms' terms and coefficients of R output channels' gradient rows `gr` (R, K):
 // their terms' rows at T + c * stride + j * term_k (term c, row j), their gradients likewise at
 // dT (or dT null), the group's coefficients `coef` (n_terms, taps or 1) and their gradient part
 // `coef_part` (or null). The R rows' dot products are multiply-add chains of their own,
@@ -1075,20 +1080,59 @@ struct TermsReduction {
   }
 };
 
+// TermsReduction of N groups of one region with terms of its own, in group order, where each
+// term value belongs to one tap (terms by tap, or a 1x1 kernel): the gradient rows of group s at
+// gr[s] (`rows` of them, K apart), its coefficients coef[s] and their gradient part coef_part[s]
+// (or null). Each term gradient value is summed over the N groups in a register, in their
+// order, and stored once (added group by group, the terms' loads and stores took as long as the
+// filter gradient itself at 1x1); each group's dot products, and the coefficients' parts, are
+// summed as TermsReduction sums them. `sums`: (N, REDUCED_ROWS, taps). (V: with_rows' vectors,
+// unused.)
+template <int N, int V>
+struct WaveTermsReduction {
+  static void run(const Geometry& g, const Filters& f, const float* T, float* dT, int64_t term_k,
+                  int64_t stride, const float* const* coef, float* const* coef_part,
+                  const float* const* gr, int64_t rows, float* sums) {
+    const int64_t c_in = g.c_in, taps = g.kh * g.kw, K = taps * c_in;
+    const int64_t coef_taps = f.coef_by_tap ? taps : 1;
+    for (int64_t c = 0; c < f.n_terms; ++c) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t at = c * stride + t * c_in, ct = c * coef_taps + (coef_taps > 1 ? t : 0);
+        for (int64_t j = 0; j < rows; ++j) {
+          const float* term = T + at + j * term_k;
+          float* d_term = dT ? dT + at + j * term_k : nullptr;
+          vec dot[N];
+          for (int s = 0; s < N; ++s) dot[s] = vzero();
+          for (int64_t i = 0; i < c_in; i += LANES) {
+            const int64_t left = c_in - i;
+            const vec tv = vload_part(term + i, left);
+            vec d = d_term ? vload_part(d_term + i, left) : vzero();
+            for (int s = 0; s < N; ++s) {
+              const vec gv = vload_part(gr[s] + j * K + t * c_in + i, left);
+              d = vfma(vset1(coef[s][ct]), gv, d);
+              dot[s] = vfma(tv, gv, dot[s]);
+            }
+            if (d_term) vstore_part(d_term + i, d, left);
+          }
+          for (int s = 0; s < N; ++s) sums[(s * REDUCED_ROWS + j) * taps + t] = vsum(dot[s]);
+        }
+      }
+      for (int s = 0; s < N; ++s)
+        if (coef_part[s])
+          for (int64_t j = 0; j < rows; ++j)
+            for (int64_t t = 0; t < taps; ++t)
+              coef_part[s][c * coef_taps + (coef_taps > 1 ? t : 0)] +=
+                  sums[(s * REDUCED_ROWS + j) * taps + t];
+    }
+  }
+};
+
 // Adds a group's filter gradient `grad` (rows, K) of output channels first .. first + rows to
-// the factors' gradients (Filters' factored form): weight += grad; bias[r] += grad summed over
-// the taps; terms[r, c] += coef[b, r, c, t] * grad (summed over the taps where the terms are
-// shared by them); coef part [b, r, c, t] += <terms[r, c] at tap t, grad at tap t> (summed
-// over the taps where the coefficients are shared by them). `sums`: (REDUCED_ROWS, taps).
-void reduce_to_factors(const Geometry& g, const Filters& f, const FactorGrads& d, int64_t group,
-                       int64_t first, int64_t rows, const float* grad, int64_t part,
-                       float* sums) {
+// the static factors' gradients (Filters' factored form): weight += grad; bias[r] += grad summed
+// over the taps.
+void reduce_to_weight_and_bias(const Geometry& g, const FactorGrads& d, int64_t group,
+                               int64_t first, int64_t rows, const float* grad) {
   const int64_t K = g.kh * g.kw * g.c_in, taps = g.kh * g.kw, r = group % g.regions;
-  const int64_t coef_taps = f.coef_by_tap ? taps : 1, term_k = f.terms_by_tap ? K : g.c_in;
-  const float* coef = f.coef + group * f.n_terms * coef_taps;
-  float* coef_part = d.coef_parts
-                         ? d.coef_parts + (part * g.batch * g.regions + group) * f.n_terms * coef_taps
-                         : nullptr;
   for (int64_t j = 0; j < rows; ++j) {
     const int64_t o = first + j;
     const float* gr = grad + j * K;
@@ -1107,14 +1151,36 @@ void reduce_to_factors(const Geometry& g, const Filters& f, const FactorGrads& d
         }
     }
   }
+}
+
+// Adds the filter gradients (rows <= REDUCED_ROWS, K; group s's at grads[s]) of output channels
+// first .. first + rows of the n groups `groups` (one group, or WaveTermsReduction's) to their
+// terms' and coefficients' gradients: terms[r, c] += coef[b, r, c, t] * grad (summed over the
+// taps where the terms are shared by them); coef part [b, r, c, t] (of block `part`) += <terms[r,
+// c] at tap t, grad at tap t> (summed over the taps where the coefficients are shared by them).
+// `sums`: (WAVE_GROUPS, REDUCED_ROWS, taps).
+void reduce_to_terms(const Geometry& g, const Filters& f, const FactorGrads& d,
+                     const int64_t* groups, int n, int64_t first, int64_t rows,
+                     const float* const* grads, int64_t part, float* sums) {
+  const int64_t K = g.kh * g.kw * g.c_in, taps = g.kh * g.kw, r = groups[0] % g.regions;
+  const int64_t coef_taps = f.coef_by_tap ? taps : 1, term_k = f.terms_by_tap ? K : g.c_in;
+  const float* coef[WAVE_GROUPS];
+  float* coef_part[WAVE_GROUPS];
+  for (int s = 0; s < n; ++s) {
+    coef[s] = f.coef + groups[s] * f.n_terms * coef_taps;
+    coef_part[s] = d.coef_parts ? d.coef_parts + (part * g.batch * g.regions + groups[s]) *
+                                                     f.n_terms * coef_taps
+                                : nullptr;
+  }
   const int64_t stride = g.c_out * term_k;  // from one term to the next
-  const float* T = f.terms + (f.terms_by_region ? r : 0) * f.n_terms * stride;
+  const float* T = f.terms + (f.terms_by_region ? r : 0) * f.n_terms * stride + first * term_k;
   float* dT = d.terms ? d.terms + (T - f.terms) : nullptr;
-  for (int64_t j = 0; j < rows; j += REDUCED_ROWS) {
-    const int64_t o = first + j;
-    with_rows<TermsReduction, 1, REDUCED_ROWS>(
-        static_cast<int>(std::min(rows - j, REDUCED_ROWS)), g, f, T + o * term_k,
-        dT ? dT + o * term_k : nullptr, term_k, stride, coef, coef_part, grad + j * K, sums);
+  if (n == 1) {
+    with_rows<TermsReduction, 1, REDUCED_ROWS>(static_cast<int>(rows), g, f, T, dT, term_k,
+                                               stride, coef[0], coef_part[0], grads[0], sums);
+  } else {
+    with_rows<WaveTermsReduction, 1, WAVE_GROUPS>(n, g, f, T, dT, term_k, stride, coef,
+                                                  coef_part, grads, rows, sums);
   }
 }
 
@@ -1271,39 +1337,80 @@ void zero_factor_rows(const Geometry& g, const Filters& f, const FactorGrads& d,
     memset(d.coef_parts + first / rows * part, 0, (n_rows + rows - 1) / rows * part * bytes);
 }
 
+// The most bytes of gradient blocks a work item of the factored filter gradient keeps for a
+// wave of groups (below).
+constexpr int64_t WAVE_BYTES = 2 << 20;
+
 // The factors' gradients (FactorGrads) of factored filters. One work item is a run of blocks of
 // grads->block_rows output channels (as many as make an item per thread, where their gradient
 // fits in FACTOR_GRAD_BYTES: each item packs every group's patches again), which zeroes its
-// part of the gradients, then loops over the groups in order, reducing each group's gradient
-// into the factors' gradients block by block: every element is summed by one thread in a
-// fixed order.
+// part of the gradients, then takes the groups in order, in waves: each group's gradient is
+// added to the weight's and bias's, then, block of rows by block of rows, the wave's gradients
+// to the terms' and coefficients'. A wave is one group, or, where each region has terms of its
+// own and each term value belongs to one tap (the paper generator's at 1x1), as many whole
+// samples (two or more) as their gradient blocks fit in WAVE_BYTES, each region's groups
+// added to its terms up to WAVE_GROUPS at once (WaveTermsReduction). Every element is summed
+// by one thread in a fixed order: over the groups in order (a region's terms and bias get its
+// groups only).
 extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad_rows,
                                                const int64_t* order, const int64_t* starts,
                                                const Filters* filters, const FactorGrads* grads,
                                                const int64_t* shape, int threads) {
   const LayerGeometry g(shape);
   if (!g.pixels) return 1;
+  const Filters& f = *filters;
   const int64_t K = g.kh * g.kw * g.c_in, rows = grads->block_rows;
   const int64_t blocks = (g.c_out + rows - 1) / rows;
   const int64_t fit = FACTOR_GRAD_BYTES / (rows * K * static_cast<int64_t>(sizeof(float)));
   const int64_t per_item = std::max<int64_t>(1, std::min((blocks + threads - 1) / threads, fit));
+  const int64_t groups = g.batch * g.regions;
+  const int64_t fits = WAVE_BYTES / (per_item * rows * K * static_cast<int64_t>(sizeof(float)));
+  const bool in_waves = f.terms_by_region && (f.terms_by_tap || g.kh * g.kw == 1);
+  const int64_t samples = in_waves ? std::min(g.batch, fits / g.regions) : 0;
+  const int64_t wave = samples >= 2 ? samples * g.regions : 1;
   return each_item<GroupPatches>(
       (blocks + per_item - 1) / per_item, threads,
       [&](GroupPatches& buffers, int64_t item) {
         const int64_t first = item * per_item * rows;
         const int64_t n_rows = std::min(g.c_out - first, per_item * rows);
-        zero_factor_rows(g, *filters, *grads, first, n_rows, rows);
-        for (int64_t group = 0; group < g.batch * g.regions; ++group) {
-          if (starts[group] == starts[group + 1]) continue;
-          group_filter_grad(g, x, grad_rows, order, starts, group, first, n_rows, buffers,
-                            buffers.block);
-          for (int64_t at = 0; at < n_rows; at += rows)
-            reduce_to_factors(g, *filters, *grads, group, first + at,
-                              std::min(rows, n_rows - at), buffers.block + at * K,
-                              (first + at) / rows, buffers.sums);
+        zero_factor_rows(g, f, *grads, first, n_rows, rows);
+        for (int64_t w0 = 0; w0 < groups; w0 += wave) {
+          const int64_t w1 = std::min(groups, w0 + wave);
+          const auto block = [&](int64_t group) {
+            return buffers.block + (group - w0) * n_rows * K;
+          };
+          for (int64_t group = w0; group < w1; ++group) {
+            if (starts[group] == starts[group + 1]) continue;
+            group_filter_grad(g, x, grad_rows, order, starts, group, first, n_rows, buffers,
+                              block(group));
+            reduce_to_weight_and_bias(g, *grads, group, first, n_rows, block(group));
+          }
+          // each region's groups of the wave (whole samples)
+          const int64_t runs = w1 - w0 > 1 ? g.regions : 1;
+          for (int64_t at = 0; at < n_rows; at += rows) {
+            const int64_t end = std::min(n_rows, at + rows);
+            for (int64_t j = at; j < end; j += REDUCED_ROWS)
+              for (int64_t run = 0; run < runs; ++run) {
+                int64_t shared[WAVE_GROUPS];
+                const float* grad[WAVE_GROUPS];
+                int n = 0;
+                for (int64_t group = w0 + run; group < w1; group += runs) {
+                  if (starts[group] < starts[group + 1]) {
+                    shared[n] = group;
+                    grad[n++] = block(group) + j * K;
+                  }
+                  if (n && (n == WAVE_GROUPS || group + runs >= w1)) {
+                    reduce_to_terms(g, f, *grads, shared, n, first + j,
+                                    std::min(REDUCED_ROWS, end - j), grad, (first + at) / rows,
+                                    buffers.sums);
+                    n = 0;
+                  }
+                }
+              }
+          }
         }
       },
-      g, per_item * rows, true);
+      g, per_item * rows, true, wave);
 }
 
 // grad_x (zeroed by the caller) += the input gradient; for a pointwise layer (one sum per

@@ -95,6 +95,11 @@ def never_materialised(monkeypatch):
 @pytest.mark.usefixtures('never_materialised')
 @pytest.mark.parametrize('case', CASES)
 def test_kernel_path_matches_reference_in_float64(case):
+    check_against_reference(case)
+
+
+def check_against_reference(case):
+    """The factored op's output and every gradient against the dense reference in float64."""
     kind, _, _, _, _, k, s, p, d, m, n = case
     f, x, guide, bias, grad_out = inputs(case)
     want = leaves([t.double() if t is not None else None for t in f], x.double(),
@@ -188,6 +193,23 @@ def test_repeats_exactly():
         out.backward(grad_out)
         runs.append([out] + [t.grad for t in ts if t is not None])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@needs_kernel
+@pytest.mark.parametrize('case', [
+    ('paper', 10, 12, 20, (3, 4), 1, 1, 0, 1, 3, 3),     # a wave of 10 samples: 8 groups, then 2
+    ('paper', 5, 2048, 24, (3, 3), 1, 1, 0, 1, 8, 8),    # waves of 2, 2 and 1 samples
+])
+@pytest.mark.usefixtures('never_materialised')
+def test_paper_1x1_filter_gradient_in_waves(case):
+    """At 1x1 the paper generator's terms (each region's own) get their gradient from several
+    samples' groups at once (the kernel's waves, sized here for 2 threads)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        check_against_reference(case)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @needs_kernel
