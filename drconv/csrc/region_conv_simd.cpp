@@ -1080,14 +1080,14 @@ struct TermsReduction {
   }
 };
 
-// TermsReduction of N groups of one region with terms of its own, in group order, where each
-// term value belongs to one tap (terms by tap, or a 1x1 kernel): the gradient rows of group s at
-// gr[s] (`rows` of them, K apart), its coefficients coef[s] and their gradient part coef_part[s]
-// (or null). Each term gradient value is summed over the N groups in a register, in their
-// order, and stored once (added group by group, the terms' loads and stores took as long as the
-// filter gradient itself at 1x1); each group's dot products, and the coefficients' parts, are
-// summed as TermsReduction sums them. `sums`: (N, REDUCED_ROWS, taps). (V: with_rows' vectors,
-// unused.)
+// TermsReduction of N groups that share their terms (a region's own, or the regions' shared
+// ones), in group order, where each term value belongs to one tap (terms by tap, or a 1x1
+// kernel): the gradient rows of group s at gr[s] (`rows` of them, K apart), its coefficients
+// coef[s] and their gradient part coef_part[s] (or null). Each term gradient value is summed
+// over the N groups in a register, in their order, and stored once (added group by group, the
+// paper generator's terms' loads and stores took as long as the filter gradient itself at 1x1);
+// each group's dot products, and the coefficients' parts, are summed as TermsReduction sums
+// them. `sums`: (N, REDUCED_ROWS, taps). (V: with_rows' vectors, unused.)
 template <int N, int V>
 struct WaveTermsReduction {
   static void run(const Geometry& g, const Filters& f, const float* T, float* dT, int64_t term_k,
@@ -1346,12 +1346,12 @@ constexpr int64_t WAVE_BYTES = 2 << 20;
 // fits in FACTOR_GRAD_BYTES: each item packs every group's patches again), which zeroes its
 // part of the gradients, then takes the groups in order, in waves: each group's gradient is
 // added to the weight's and bias's, then, block of rows by block of rows, the wave's gradients
-// to the terms' and coefficients'. A wave is one group, or, where each region has terms of its
-// own and each term value belongs to one tap (the paper generator's at 1x1), as many whole
-// samples (two or more) as their gradient blocks fit in WAVE_BYTES, each region's groups
-// added to its terms up to WAVE_GROUPS at once (WaveTermsReduction). Every element is summed
-// by one thread in a fixed order: over the groups in order (a region's terms and bias get its
-// groups only).
+// to the terms' and coefficients'. At 1x1 a wave is as many groups as their gradient blocks fit
+// in WAVE_BYTES (whole samples, two or more, where each region has terms of its own), whose
+// groups that share their terms (a region's, sample by sample; else all, in order) are added
+// to them up to WAVE_GROUPS at once (WaveTermsReduction); else a wave is one group. Every
+// element is summed by one thread in a fixed order: over the groups in order (a region's
+// terms and bias get its groups only).
 extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad_rows,
                                                const int64_t* order, const int64_t* starts,
                                                const Filters* filters, const FactorGrads* grads,
@@ -1365,9 +1365,14 @@ extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad
   const int64_t per_item = std::max<int64_t>(1, std::min((blocks + threads - 1) / threads, fit));
   const int64_t groups = g.batch * g.regions;
   const int64_t fits = WAVE_BYTES / (per_item * rows * K * static_cast<int64_t>(sizeof(float)));
-  const bool in_waves = f.terms_by_region && (f.terms_by_tap || g.kh * g.kw == 1);
-  const int64_t samples = in_waves ? std::min(g.batch, fits / g.regions) : 0;
-  const int64_t wave = samples >= 2 ? samples * g.regions : 1;
+  // waves at 1x1 only (at 3x3 they were no faster: the groups' gradient blocks no longer in
+  // L2 when reduced), of whole samples (two or more) where each region has terms of its own
+  int64_t wave = 1;
+  if (g.kh * g.kw == 1) {
+    const int64_t samples = std::min(g.batch, fits / g.regions);
+    wave = f.terms_by_region ? (samples >= 2 ? samples * g.regions : 1)
+                             : std::clamp<int64_t>(fits, 1, groups);
+  }
   return each_item<GroupPatches>(
       (blocks + per_item - 1) / per_item, threads,
       [&](GroupPatches& buffers, int64_t item) {
@@ -1386,7 +1391,7 @@ extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad
             reduce_to_weight_and_bias(g, *grads, group, first, n_rows, block(group));
           }
           // each region's groups of the wave (whole samples)
-          const int64_t runs = w1 - w0 > 1 ? g.regions : 1;
+          const int64_t runs = f.terms_by_region && w1 - w0 > 1 ? g.regions : 1;
           for (int64_t at = 0; at < n_rows; at += rows) {
             const int64_t end = std::min(n_rows, at + rows);
             for (int64_t j = at; j < end; j += REDUCED_ROWS)

@@ -197,13 +197,15 @@ def test_repeats_exactly():
 
 @needs_kernel
 @pytest.mark.parametrize('case', [
-    ('paper', 10, 12, 20, (3, 4), 1, 1, 0, 1, 3, 3),     # a wave of 10 samples: 8 groups, then 2
+    ('paper', 10, 12, 20, (3, 4), 1, 1, 0, 1, 3, 3),     # a wave of 10 samples: a region's
+    # groups 8, then 2 (1 where sample 0 has none)
     ('paper', 5, 2048, 24, (3, 3), 1, 1, 0, 1, 8, 8),    # waves of 2, 2 and 1 samples
+    ('bases', 10, 12, 20, (3, 4), 1, 1, 0, 1, 3, 2),     # shared terms: 8, 8, 8, then 5 groups
 ])
 @pytest.mark.usefixtures('never_materialised')
-def test_paper_1x1_filter_gradient_in_waves(case):
-    """At 1x1 the paper generator's terms (each region's own) get their gradient from several
-    samples' groups at once (the kernel's waves, sized here for 2 threads)."""
+def test_1x1_filter_gradient_in_waves(case):
+    """At 1x1 the terms (each region's own, or shared) get their gradient from several groups at
+    once (the kernel's waves, sized here for 2 threads)."""
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
