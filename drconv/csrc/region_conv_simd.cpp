@@ -1371,7 +1371,7 @@ extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad
   if (g.kh * g.kw == 1) {
     const int64_t samples = std::min(g.batch, fits / g.regions);
     wave = f.terms_by_region ? (samples >= 2 ? samples * g.regions : 1)
-                             : std::clamp<int64_t>(fits, 1, groups);
+                             : std::max<int64_t>(1, std::min(groups, fits));
   }
   return each_item<GroupPatches>(
       (blocks + per_item - 1) / per_item, threads,
