@@ -1390,7 +1390,7 @@ extern "C" int drconv_factored_filter_grad_f32(const float* x, const float* grad
                               block(group));
             reduce_to_weight_and_bias(g, *grads, group, first, n_rows, block(group));
           }
-          // each region's groups of the wave (whole samples)
+          // the wave's groups that share their terms: each region's (whole samples), else all
           const int64_t runs = f.terms_by_region && w1 - w0 > 1 ? g.regions : 1;
           for (int64_t at = 0; at < n_rows; at += rows) {
             const int64_t end = std::min(n_rows, at + rows);
