@@ -5,11 +5,9 @@ import inspect
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._utils import IntPair, pair
-from .factors import Factors
 from .filter_generator import FILTER_GENERATORS, BasesFilterGenerator, PaperFilterGenerator
 from .guide_conv import GuideConv
 from .region_conv import GUIDE_GRADS, region_conv_dense
@@ -184,21 +182,10 @@ class DRConv2d(nn.Conv2d):
         if _exporting():
             out = region_conv_dense(x, factors.materialize(), guide, self.stride, self.padding,
                                     self.dilation)
-        elif guide.numel() == 0:
-            out = self._empty_output(x, guide, factors)
-        else:  # the bias added as the output is written
-            return region_conv_factored(x, factors, guide, self.stride, self.padding,
-                                        self.dilation, bias=self.bias, guide_grad=self.guide_grad)
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
-        return out
-
-    def _empty_output(self, x: Tensor, guide: Tensor, factors: Factors) -> Tensor:
-        """The output of an empty batch (or spatial size), as nn.Conv2d's, connected to every
-        parameter so that each gets its (zero) gradient."""
-        out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
-        parts = (guide, *(t for t in factors if t is not None))
-        return out + sum(t.sum() for t in parts) * 0
+            return out if self.bias is None else out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+        # the bias added as the output is written; an empty batch gives conv's empty output
+        return region_conv_factored(x, factors, guide, self.stride, self.padding, self.dilation,
+                                    bias=self.bias, guide_grad=self.guide_grad)
 
     def extra_repr(self) -> str:
         text = (f'{super().extra_repr()}, region_num={self.region_num}, '

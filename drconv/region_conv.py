@@ -3,7 +3,10 @@
 Autograd Function -> functional op. The module that generates filters and guide is
 :class:`drconv.DRConv2d`; this file holds no state.
 """
+from typing import Iterable, Optional
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -196,6 +199,16 @@ class RegionConvFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_g, None, None
 
 
+def empty_batch_output(x: Tensor, c_out: int, geo: Geometry,
+                       inputs: Iterable[Optional[Tensor]]) -> Tensor:
+    """The output of an empty batch, x (0, C_in, H, W) -> (0, C_out, H_out, W_out) as
+    ``F.conv2d``'s, connected to x and every tensor of ``inputs`` (None skipped) so that each
+    gets its (zero) gradient."""
+    out = F.conv2d(x, x.new_zeros(c_out, x.shape[1], *geo.kernel), None, geo.stride,
+                   geo.padding, geo.dilation)
+    return out + sum(t.sum() for t in inputs if t is not None) * 0
+
+
 def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
                 padding: IntPair = 0, dilation: IntPair = 1, *,
                 guide_grad: str = 'exact') -> Tensor:
@@ -222,7 +235,8 @@ def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
 
     Returns:
         Tensor[batch_size, out_channels, out_height, out_width]: the output, in the memory format
-        of x (channels-last when x is, else contiguous), as is the gradient x receives.
+        of x (channels-last when x is, else contiguous), as is the gradient x receives; an empty
+        batch gives an empty output, as conv's.
     """
     kernel = (weight.shape[-2], weight.shape[-1]) if weight.dim() == 6 else (1, 1)
     geo = Geometry(kernel, pair(stride, 'stride', 1), pair(padding, 'padding', 0),
@@ -235,6 +249,8 @@ def region_conv(x: Tensor, weight: Tensor, guide: Tensor, stride: IntPair = 1,
     if guide_grad not in GUIDE_GRADS:
         raise ValueError(f'region_conv: guide_grad must be one of {GUIDE_GRADS}, '
                          f'got {guide_grad!r}')
+    if x.shape[0] == 0:
+        return empty_batch_output(x, weight.shape[2], geo, (weight, guide))
     with torch.autocast(device_type, enabled=False):
         return RegionConvFunction.apply(x, weight, guide, geo, guide_grad)
 

@@ -16,7 +16,8 @@ from . import cpu_kernels
 from ._utils import IntPair, pair
 from .factors import Factors
 from .patches import Geometry
-from .region_conv import GUIDE_GRADS, check_inputs, guide_gradient_from_scores, region_conv
+from .region_conv import (GUIDE_GRADS, check_inputs, empty_batch_output,
+                          guide_gradient_from_scores, region_conv)
 
 
 def check_factors(f: Factors, x: Tensor, guide: Tensor) -> None:
@@ -157,4 +158,6 @@ def region_conv_factored(x: Tensor, factors: Factors, guide: Tensor, stride: Int
     if guide_grad not in GUIDE_GRADS:
         raise ValueError(f'region_conv_factored: guide_grad must be one of {GUIDE_GRADS}, '
                          f'got {guide_grad!r}')
+    if b == 0:
+        return empty_batch_output(x, factors.weight.shape[0], geo, (guide, *factors, bias))
     return FactoredRegionConvFunction.apply(x, guide, *factors, bias, geo, guide_grad)

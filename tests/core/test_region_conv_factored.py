@@ -264,6 +264,28 @@ def test_what_the_kernels_sum_into_they_zero_first(case, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(clean, dirty))
 
 
+@pytest.mark.parametrize('kernels', ['1', '0'])
+@pytest.mark.parametrize('kind', ['bases', 'paper'])
+def test_empty_batch_as_conv(kind, kernels, monkeypatch):
+    """An empty batch gives conv's empty output, and x, the guide and every factor a (zero)
+    gradient, on the CPU kernels and on the PyTorch path alike; so does region_conv."""
+    monkeypatch.setenv(cpu_kernels.SWITCH, kernels)
+    f, x, guide, bias, _ = inputs((kind, 1, 4, 6, (5, 7), 3, 2, 1, 1, 3, 2))
+    ts = leaves(Factors(f.weight, f.bias, f.terms, f.coef[:0]), x[:0], guide[:0], bias)
+    out = run_factored(kind, ts, 2, 1, 1)
+    assert out.shape == torch.nn.functional.conv2d(x[:0], f.weight, None, 2, 1).shape
+    out.sum().backward()
+    for t in ts:
+        if t is not None:
+            assert t.grad is not None and t.grad.shape == t.shape and not t.grad.any()
+    weight = torch.randn(0, 3, 6, 4, 3, 3, requires_grad=True)
+    x_, guide_ = x[:0].clone().requires_grad_(), guide[:0].clone().requires_grad_()
+    out = region_conv(x_, weight, guide_, 2, 1)
+    assert out.shape == (0, 6, 3, 4)
+    out.sum().backward()
+    assert all(t.grad is not None and not t.grad.any() for t in (x_, weight, guide_))
+
+
 @needs_kernel
 def test_forward_is_the_same_on_any_number_of_threads():
     """Each output element is made by one work item, whatever the items: with more threads than
