@@ -1636,19 +1636,28 @@ extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
                              scores, threads);
 }
 
-// out[b, j, i] = x[b, i, j] for x (B, rows, cols), in LANES x LANES tiles.
+// out[b, j, i] = x[b, i, j] for x (B, rows, cols), in LANES x LANES tiles. A work item is a
+// sample's columns of one tile or, where x's rows are the longer (NCHW to rows), of a cache
+// line (16 floats; with AVX2 two tiles side by side): each line of x is then read at once (a
+// tile at a time, the rows 4 KiB apart at 32 x 32 fell into one cache set, and a line's other
+// half was read again from L2). The other way, a line's width of out's rows would be written
+// at once, more lines into one set than it holds.
 extern "C" void drconv_transpose_f32(const float* x, float* out, int64_t batch, int64_t rows,
                                      int64_t cols, int threads) {
+  const int64_t LINE = rows <= cols ? std::max<int64_t>(64 / sizeof(float), LANES) : LANES;
   const int64_t rows_t = rows - rows % LANES, cols_t = cols - cols % LANES;
+  const int64_t lines = (cols_t + LINE - 1) / LINE;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
   for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t j = 0; j < cols_t; j += LANES) {
-      const float* src = x + b * rows * cols + j;
-      float* dst = out + (b * cols + j) * rows;
+    for (int64_t line = 0; line < lines; ++line) {
+      const int64_t j0 = line * LINE, j1 = std::min(j0 + LINE, cols_t);
+      const float* src = x + b * rows * cols;
+      float* dst = out + b * cols * rows;
       for (int64_t i = 0; i < rows_t; i += LANES)
-        transpose_tile(src + i * cols, cols, dst + i, rows);
+        for (int64_t j = j0; j < j1; j += LANES)
+          transpose_tile(src + i * cols + j, cols, dst + j * rows + i, rows);
       for (int64_t i = rows_t; i < rows; ++i)
-        for (int64_t q = 0; q < LANES; ++q) dst[q * rows + i] = src[i * cols + q];
+        for (int64_t j = j0; j < j1; ++j) dst[j * rows + i] = src[i * cols + j];
     }
   }
   for (int64_t b = 0; b < batch; ++b)

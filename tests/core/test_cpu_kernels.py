@@ -190,7 +190,10 @@ def test_switch_and_other_dtypes_run_the_pytorch_path(monkeypatch):
 
 
 @needs_kernel
-@pytest.mark.parametrize('shape', [(2, 16, 32), (3, 37, 21), (1, 5, 3)])
+# x's rows the longer (items a cache line wide, the last one part of it: 40 and 100 columns) or
+# not, tails of rows and columns
+@pytest.mark.parametrize('shape', [(2, 16, 32), (2, 16, 40), (3, 9, 100), (2, 24, 24),
+                                   (3, 37, 21), (1, 5, 3)])
 def test_transpose(shape):
     x = torch.randn(*shape)
     out = torch.empty(shape[0], shape[2], shape[1])
