@@ -133,9 +133,18 @@ class PaperFilterGenerator(nn.Module):
             pooled = torch.matmul(torch.matmul(pool_h, x), pool_w.t())  # (B, C_in, kh, kw)
         else:
             pooled = adaptive_avg_pool2d(x, self.kernel_size)
-        hidden = torch.sigmoid(self.squeeze(pooled))  # (B, m*m, kh, kw)
+        hidden = torch.sigmoid(self._squeeze(pooled))  # (B, m*m, kh, kw)
         hidden = hidden.reshape(x.shape[0], m, m, self.kernel_size[0] * self.kernel_size[1])
         return Factors(weight, self.bias, self.projection, hidden)
+
+    def _squeeze(self, pooled: Tensor) -> Tensor:
+        """``self.squeeze`` (1x1 conv C_in -> m*m) of the pooled map (B, C_in, kh, kw); of a 1x1
+        layer's one-pixel map as the matrix product it is (oneDNN's conv of it took 0.34 against
+        0.13 ms, with the backward 1.2 against 0.8 ms, at the 1x1 target layer)."""
+        if tuple(self.kernel_size) != (1, 1):
+            return self.squeeze(pooled)
+        hidden = F.linear(pooled.flatten(1), self.squeeze.weight.flatten(1), self.squeeze.bias)
+        return hidden.view(*hidden.shape, 1, 1)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         """Reads version 1 checkpoints: projection (m, C_out, C_in, m), no bias."""
