@@ -249,14 +249,15 @@ class AllRegionsDRConv(nn.Module):
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-def test_paper_generator_expresses_the_all_regions_module(dtype):
+@pytest.mark.parametrize('k', [3, 1])
+def test_paper_generator_expresses_the_all_regions_module(dtype, k):
     """Its parameters copied in (static weight zero, no output bias), DRConv2d with the paper
     generator gives the same output and gradients (float64: the PyTorch path; float32: the
-    CPU kernels where they run)."""
+    CPU kernels where they run), at 1x1 too (its squeeze of one pixel a matrix product)."""
     torch.manual_seed(3)
-    c_in, c_out, k, m = 4, 5, 3, 3
+    c_in, c_out, m = 4, 5, 3
     ref = AllRegionsDRConv(c_in, c_out, k, m).to(dtype)
-    layer = DRConv2d(c_in, c_out, k, padding=1, region_num=m, bias=False).to(dtype)
+    layer = DRConv2d(c_in, c_out, k, padding=k // 2, region_num=m, bias=False).to(dtype)
     gen = layer.filter_generator
     with torch.no_grad():
         layer.weight.zero_()
@@ -269,12 +270,12 @@ def test_paper_generator_expresses_the_all_regions_module(dtype):
     grad_out = torch.randn(2, c_out, 7, 6, dtype=dtype)
     out = layer(x)
     out.backward(grad_out)
-    got = [x.grad, gen.squeeze.weight.grad, gen.projection.grad, gen.bias.grad,
-           layer.guide_conv.weight.grad]
+    got = [x.grad, gen.squeeze.weight.grad, gen.squeeze.bias.grad, gen.projection.grad,
+           gen.bias.grad, layer.guide_conv.weight.grad]
     x.grad = None
     want = ref(x)
     want.backward(grad_out)
-    wants = [x.grad, ref.kernels[1].weight.grad,
+    wants = [x.grad, ref.kernels[1].weight.grad, ref.kernels[1].bias.grad,
              grouped.weight.grad.view(m, c_out, c_in, m).permute(0, 3, 1, 2),
              grouped.bias.grad.view(m, c_out, c_in), ref.guide.weight.grad]
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
