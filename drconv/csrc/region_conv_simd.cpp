@@ -1644,13 +1644,13 @@ extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
 // at once, more lines into one set than it holds.
 extern "C" void drconv_transpose_f32(const float* x, float* out, int64_t batch, int64_t rows,
                                      int64_t cols, int threads) {
-  const int64_t LINE = rows <= cols ? std::max<int64_t>(64 / sizeof(float), LANES) : LANES;
+  const int64_t item_cols = rows <= cols ? std::max<int64_t>(64 / sizeof(float), LANES) : LANES;
   const int64_t rows_t = rows - rows % LANES, cols_t = cols - cols % LANES;
-  const int64_t lines = (cols_t + LINE - 1) / LINE;
+  const int64_t items = (cols_t + item_cols - 1) / item_cols;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
   for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t line = 0; line < lines; ++line) {
-      const int64_t j0 = line * LINE, j1 = std::min(j0 + LINE, cols_t);
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t j0 = item * item_cols, j1 = std::min(j0 + item_cols, cols_t);
       const float* src = x + b * rows * cols;
       float* dst = out + b * cols * rows;
       for (int64_t i = 0; i < rows_t; i += LANES)
