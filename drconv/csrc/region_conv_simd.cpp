@@ -663,7 +663,7 @@ __attribute__((noinline)) void response(const Geometry& g, const float* x, const
 // rows `out` (B * L, C_out), and without it into `responses` (likewise; unless null). The lines
 // of the output (and response) rows of the `next` pixels after these (the next tile's) are
 // fetched into L2 meanwhile, to be written (a scattered row's line is read from memory before
-// it is written: 8-9% of the forward at the 1x1 target layer, 1-5% at 3x3), and in a pointwise
+// it is written: 7-9% of the forward at the 1x1 target layer, 1-5% at 3x3), and in a pointwise
 // layer so are their input rows (10%; at 3x3, whose neighbouring pixels share their rows, that
 // was slower).
 template <int ROWS, int V>
