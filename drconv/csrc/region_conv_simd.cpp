@@ -1640,11 +1640,15 @@ extern "C" int drconv_region_scores_f32(const float* x, const Filters* filters,
 // sample's columns of one tile or, where x's rows are the longer (NCHW to rows), of a cache
 // line (16 floats; with AVX2 two tiles side by side): each line of x is then read at once (a
 // tile at a time, the rows 4 KiB apart at 32 x 32 fell into one cache set, and a line's other
-// half was read again from L2). The other way, a line's width of out's rows would be written
-// at once, more lines into one set than it holds.
+// half was read again from L2), and the lines of the next item's columns are fetched meanwhile
+// (x's rows lie too far apart for the hardware to fetch ahead: 0.65-0.82 of the time without,
+// interleaved, at the 1x1 target layer's 4 MiB). The other way, a line's width of out's rows
+// would be written at once, more lines into one set than it holds (and fetching there, where
+// the next item's columns mostly share the line, was 10% slower).
 extern "C" void drconv_transpose_f32(const float* x, float* out, int64_t batch, int64_t rows,
                                      int64_t cols, int threads) {
-  const int64_t item_cols = rows <= cols ? std::max<int64_t>(64 / sizeof(float), LANES) : LANES;
+  const bool line_wide = rows <= cols;
+  const int64_t item_cols = line_wide ? std::max<int64_t>(64 / sizeof(float), LANES) : LANES;
   const int64_t rows_t = rows - rows % LANES, cols_t = cols - cols % LANES;
   const int64_t items = (cols_t + item_cols - 1) / item_cols;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
@@ -1653,9 +1657,13 @@ extern "C" void drconv_transpose_f32(const float* x, float* out, int64_t batch, 
       const int64_t j0 = item * item_cols, j1 = std::min(j0 + item_cols, cols_t);
       const float* src = x + b * rows * cols;
       float* dst = out + b * cols * rows;
-      for (int64_t i = 0; i < rows_t; i += LANES)
+      const int64_t next = line_wide ? j1 : cols_t;  // the next item's columns, fetched
+      for (int64_t i = 0; i < rows_t; i += LANES) {
+        if (next < cols_t)
+          for (int64_t r = i; r < i + LANES; ++r) __builtin_prefetch(src + r * cols + next);
         for (int64_t j = j0; j < j1; j += LANES)
           transpose_tile(src + i * cols + j, cols, dst + j * rows + i, rows);
+      }
       for (int64_t i = rows_t; i < rows; ++i)
         for (int64_t j = j0; j < j1; ++j) dst[j * rows + i] = src[i * cols + j];
     }
