@@ -13,7 +13,8 @@ It is plain C++ (no torch headers), compiled on first use for the CPU's vector i
 (AVX-512, else AVX2 with FMA) with the system's C++ compiler (``CXX``, default ``c++``; about
 two seconds) into a cache folder (``DRCONV_CACHE_DIR``, default ``$XDG_CACHE_HOME/drconv`` or
 ``~/.cache/drconv``) under a hash of its source and command, and loaded with ctypes. Its OpenMP
-is the libgomp torch has loaded, so it runs on torch's threads (``torch.get_num_threads()``).
+is the libgomp torch has loaded, so it runs on torch's threads (``torch.get_num_threads()``;
+one for a call too small to gain from more: :func:`threads_for`).
 Where it cannot run (neither instruction set, not float32, not CPU) or cannot be built (a
 warning says why, once), or with ``DRCONV_CPU_KERNEL=0``, the PyTorch path runs.
 """
@@ -139,6 +140,22 @@ def library() -> Optional[ctypes.CDLL]:
     return lib
 
 
+# Multiply-adds (or their worth of other work) below which a kernel call runs on the calling
+# thread alone: waking torch's other threads for a parallel region took longer than they saved
+# (on our 2-core VM, with OMP_WAIT_POLICY=PASSIVE, DRConv2d at 1 x 128 x 7 x 7, 1x1, 0.8
+# million: forward 1.08 against 1.29 ms, forward+backward 2.83 against 3.42 ms, interleaved; at
+# 16 x 16 the break-even lay between 4 and 8 million).
+SERIAL_WORK = 1 << 22
+# What moving one element in a transpose costs, in multiply-adds' worth of time.
+TRANSPOSE_WORK = 32
+
+
+def threads_for(work: int) -> int:
+    """Threads for a kernel call of ``work`` multiply-adds: ``torch.get_num_threads()``, or
+    1 below SERIAL_WORK. The kernels' floats are the same on any number of threads."""
+    return torch.get_num_threads() if work >= SERIAL_WORK else 1
+
+
 def is_available(x: Tensor) -> bool:
     """Whether the kernels run on ``x``: a float32 CPU tensor, a CPU with AVX-512 or AVX2, the
     kernels built, and ``DRCONV_CPU_KERNEL`` not ``0``."""
@@ -238,7 +255,8 @@ def sort_input(x: Tensor, region: Tensor, regions: int, keep: bool = False) -> S
     # else in the scratch the PyTorch backward gathers patches into, not in one of its own: a
     # 1x1 layer's backward, which reads x's columns, would otherwise keep 4 MiB more at the
     # target
-    rows = channels_last_rows(x, None if keep else 'patches', torch.get_num_threads())
+    rows = channels_last_rows(x, None if keep else 'patches',
+                              threads_for(x.numel() * TRANSPOSE_WORK))
     return SortedInput(rows, *sort_by_group(region, regions))
 
 
@@ -302,7 +320,7 @@ def shifted_sum(taps: Tensor, bias: Optional[Tensor], out_size: Tuple[int, int],
     bias = bias.contiguous() if bias is not None else None  # referenced: a pointer
     library().drconv_shifted_sum_f32(taps.data_ptr(), bias.data_ptr() if bias is not None
                                      else None, out.data_ptr(), shape.data_ptr(),
-                                     torch.get_num_threads())
+                                     threads_for(taps.numel()))
     return out
 
 
@@ -328,7 +346,7 @@ def pointwise_guide_backward(grad: Tensor, x: Tensor, weight: Tensor, need_x: bo
     check(library().drconv_pointwise_guide_backward_f32(
         *(t.data_ptr() if t is not None else None
           for t in (x, weight, grad, grad_x, grad_weight, grad_bias)),
-        b, c_in, m, h * w, torch.get_num_threads()), "guide conv's backward")
+        b, c_in, m, h * w, threads_for(2 * x.numel() * m)), "guide conv's backward")
     return grad_x, grad_weight, grad_bias
 
 
@@ -338,7 +356,7 @@ def adaptive_avg_pool(x: Tensor, out_size: Tuple[int, int]) -> Tensor:
     b, c, h, w = x.shape
     out = x.new_empty(b, c, *out_size)
     library().drconv_adaptive_avg_pool_f32(x.data_ptr(), out.data_ptr(), b * c, h, w, *out_size,
-                                           torch.get_num_threads())
+                                           threads_for(x.numel()))
     return out
 
 
@@ -364,8 +382,8 @@ def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: T
     Returns:
         Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
     """
-    threads = torch.get_num_threads()
     b = x.shape[0]
+    threads = threads_for(b * out_size[0] * out_size[1] * c_out * w_numel(geo, x.shape[1]))
     x_rows, order, starts = sorted_x or sort_input(x, region, regions)
     # the output itself when channels-last, else rows transposed at the end: faster than
     # storing each result to its NCHW place
@@ -442,10 +460,10 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
             gradient (given where :func:`scores_from_responses`, or with ``score_source``).
         sorted_x (SortedInput): the forward's, if it kept it (with or without x's rows).
     """
-    threads = torch.get_num_threads()
     b, c_in, h, w = x.shape
     c_out = grad_out.shape[1]
     out_size = tuple(grad_out.shape[2:])
+    threads = threads_for(b * out_size[0] * out_size[1] * c_out * w_numel(geo, c_in))
     lib = library()
     grad_rows = channels_last_rows(grad_out, 'grad_rows', threads)
     x_rows, order, starts = sorted_x or (None, *sort_by_group(region, regions))
@@ -512,7 +530,9 @@ def factor_grads(x_rows: Tensor, grad_rows: Tensor, order: Tensor, starts: Tenso
     from every group's filter gradient in the kernel, which never holds more than a block of
     one group's."""
     c_out = factors.weight.shape[0]
-    rows = factor_grad_rows(c_out, threads)
+    # blocks as torch's threads take them, whatever threads run the call (threads_for): the
+    # coefficients' gradient, summed block by block, then has the same floats
+    rows = factor_grad_rows(c_out, torch.get_num_threads())
     blocks = -(-c_out // rows)
     # zeroed by the kernel, each part by the thread that sums into it
     grads = Factors(torch.empty_like(factors.weight),

@@ -119,6 +119,41 @@ def test_kernels_repeat_exactly():  # each element summed by one thread in a fix
 
 
 @needs_kernel
+@pytest.mark.parametrize('generator,k', [('bases', 1), ('paper', 3)])
+def test_small_calls_run_on_one_thread_with_the_same_floats(monkeypatch, generator, k):
+    """A call below cpu_kernels.SERIAL_WORK multiply-adds runs each kernel on the calling thread
+    alone; its output and every gradient are the same floats as on torch's threads."""
+    from drconv import DRConv2d
+    layer = DRConv2d(12, 20, k, padding=k // 2, region_num=4, filter_generator=generator)
+    with torch.no_grad():
+        for p in layer.filter_generator.parameters():
+            p.normal_(0, 0.1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 6, 7, generator=gen)
+    grad_out = torch.randn(2, 20, 6, 7, generator=gen)
+    lib = cpu_kernels.library()
+    forward_threads = []
+
+    class Recorded:  # records the threads each forward call is given
+        def __getattr__(self, name):
+            if name == 'drconv_region_forward_f32':
+                return lambda *a: forward_threads.append(a[-1]) or lib.drconv_region_forward_f32(*a)
+            return getattr(lib, name)
+
+    monkeypatch.setattr(cpu_kernels, 'library', Recorded)
+    runs = []
+    for serial_work in (0, 1 << 60):
+        monkeypatch.setattr(cpu_kernels, 'SERIAL_WORK', serial_work)
+        layer.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_()
+        out = layer(leaf)
+        out.backward(grad_out)
+        runs.append([out, leaf.grad] + [p.grad for p in layer.parameters()])
+    assert forward_threads == [torch.get_num_threads(), 1]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@needs_kernel
 @pytest.mark.parametrize('c_in,c_out', [(6, 10), (10, 6)])  # with the scores; its own kernel
 def test_pointwise_input_gradient_is_written_whole(c_in, c_out):
     """A pointwise layer's x gradient is written by the kernels, not added to zeros (one sum
