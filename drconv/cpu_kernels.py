@@ -146,13 +146,14 @@ def library() -> Optional[ctypes.CDLL]:
 # million: forward 1.08 against 1.29 ms, forward+backward 2.83 against 3.42 ms, interleaved; at
 # 16 x 16 the break-even lay between 4 and 8 million).
 SERIAL_WORK = 1 << 22
-# What moving one element in a transpose costs, in multiply-adds' worth of time.
+# What moving one element in a transpose costs, in multiply-adds' worth of time (about two
+# cycles, in which a core's vector units do about 32).
 TRANSPOSE_WORK = 32
 
 
 def threads_for(work: int) -> int:
     """Threads for a kernel call of ``work`` multiply-adds: ``torch.get_num_threads()``, or
-    1 below SERIAL_WORK. The kernels' floats are the same on any number of threads."""
+    1 below SERIAL_WORK. A call's floats do not depend on how many threads run it."""
     return torch.get_num_threads() if work >= SERIAL_WORK else 1
 
 
