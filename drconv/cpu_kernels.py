@@ -384,7 +384,7 @@ def forward(x: Tensor, source: FilterSource, regions: int, c_out: int, region: T
         Tensor[B, C_out, H_out, W_out]: the output, in the memory format of x.
     """
     b = x.shape[0]
-    threads = threads_for(b * out_size[0] * out_size[1] * c_out * w_numel(geo, x.shape[1]))
+    threads = threads_for(multiply_adds(x, c_out, out_size, geo))
     x_rows, order, starts = sorted_x or sort_input(x, region, regions)
     # the output itself when channels-last, else rows transposed at the end: faster than
     # storing each result to its NCHW place
@@ -464,7 +464,7 @@ def backward(grad_out: Tensor, x: Tensor, source: FilterSource, regions: int, re
     b, c_in, h, w = x.shape
     c_out = grad_out.shape[1]
     out_size = tuple(grad_out.shape[2:])
-    threads = threads_for(b * out_size[0] * out_size[1] * c_out * w_numel(geo, c_in))
+    threads = threads_for(multiply_adds(x, c_out, out_size, geo))
     lib = library()
     grad_rows = channels_last_rows(grad_out, 'grad_rows', threads)
     x_rows, order, starts = sorted_x or (None, *sort_by_group(region, regions))
@@ -523,6 +523,11 @@ def pointwise(geo: Geometry) -> bool:
 def w_numel(geo: Geometry, c_in: int) -> int:
     """K, a filter's values per output channel."""
     return geo.kernel[0] * geo.kernel[1] * c_in
+
+
+def multiply_adds(x: Tensor, c_out: int, out_size: Tuple[int, int], geo: Geometry) -> int:
+    """The forward's multiply-adds, B * H_out * W_out * C_out * K, for :func:`threads_for`."""
+    return x.shape[0] * out_size[0] * out_size[1] * c_out * w_numel(geo, x.shape[1])
 
 
 def factor_grads(x_rows: Tensor, grad_rows: Tensor, order: Tensor, starts: Tensor,
