@@ -171,15 +171,22 @@ class BasesFilterGenerator(nn.Module):
         num_bases (int): shared base kernels.
     """
 
+    # 2: bases stored (num_bases, C_out, kh * kw * C_in); 1 (or none): (num_bases, C_out, kh,
+    # kw, C_in), the same values in the same order
+    _version = 2
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int],
                  region_num: int, num_bases: int):
         super().__init__()
+        self.kernel_size = kernel_size
         self.region_num = region_num
         self.num_bases = num_bases
         self.routing = nn.Linear(in_channels, region_num * num_bases)
-        # base kernels stored (num_bases, C_out, kh, kw, C_in)
+        # base kernels stored (num_bases, C_out, kh * kw * C_in), each filter's taps then its
+        # channels: three dimensions, so that Module.to(memory_format=torch.channels_last),
+        # which converts every 4- and 5-dimensional parameter, leaves them as they are
         self.bases = nn.Parameter(
-            torch.empty(num_bases, out_channels, *kernel_size, in_channels))
+            torch.empty(num_bases, out_channels, kernel_size[0] * kernel_size[1] * in_channels))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -192,7 +199,18 @@ class BasesFilterGenerator(nn.Module):
         logits = self.routing(spatial_mean(x))
         mix = 2.0 * torch.sigmoid(logits) / self.num_bases
         mix = mix.view(x.shape[0], self.region_num, self.num_bases, 1)
-        return Factors(weight, None, self.bases.unsqueeze(0), mix)
+        bases = self.bases.reshape(1, self.num_bases, self.bases.shape[1], *self.kernel_size, -1)
+        return Factors(weight, None, bases, mix)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """Reads version 1 checkpoints: bases (num_bases, C_out, kh, kw, C_in)."""
+        key = prefix + 'bases'
+        kh, kw = self.kernel_size
+        old_shape = (*self.bases.shape[:2], kh, kw, self.bases.shape[2] // (kh * kw))
+        if ((local_metadata.get('version') or 1) < 2 and key in state_dict
+                and tuple(state_dict[key].shape) == old_shape):
+            state_dict[key] = state_dict[key].reshape(self.bases.shape)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
 
 FILTER_GENERATORS = {'paper': PaperFilterGenerator, 'bases': BasesFilterGenerator}

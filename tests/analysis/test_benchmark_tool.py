@@ -36,6 +36,31 @@ def test_op_and_layer_modes_json(tmp_path, capsys, tool):
         assert r['targets'] == {}  # not a target shape
 
 
+def test_channels_last_runs_in_that_layout_and_checks_no_target(capsys, tool):
+    bench = tool('analysis_tools/benchmark_drconv')
+    import pytest
+    import torch
+    report = bench.main(['--shapes', '1,3,4,6,5,3,2', '--layers', '--channels-last',
+                         '--repeat', '1', '--warmup', '0', '--no-memory'])
+    assert report['environment']['channels_last'] is True
+    assert 'float32, channels_last, torch' in capsys.readouterr().out
+    assert report['layers'][0]['layer']['median_s']['drconv_bases/forward_backward'] > 0
+    s = bench.parse_shape('1,3,4,6,5,3,2')
+    t = bench.make_tensors(s, torch.device('cpu'), torch.float32, 0, torch.channels_last)
+    for name in ('x', 'conv_weight', 'guide', 'grad_out'):
+        assert t[name].is_contiguous(memory_format=torch.channels_last), name
+    plain = bench.make_tensors(s, torch.device('cpu'), torch.float32, 0)
+    assert all(torch.equal(t[k], plain[k]) for k in t)  # the same values
+    # a target shape under the targets' conditions, but channels_last: nothing checked
+    target = dict(shape=bench.parse_shape(bench.TARGET_SHAPES[0])._asdict(),
+                  ratio_to_conv={'region_conv/forward': 1.0})
+    args = bench.parse_args(['--channels-last'])
+    assert bench.check_targets(target, args) == {}
+    assert bench.check_targets(target, bench.parse_args([])) != {}
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--channels-last', '--model', DEMO_CONFIG])
+
+
 def test_peak_extra_bytes_counts_what_a_run_allocates(tool):
     bench = tool('analysis_tools/benchmark_drconv')
     import torch

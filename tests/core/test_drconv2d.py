@@ -86,6 +86,28 @@ def test_channels_last_and_autocast():
     torch.testing.assert_close(out.float(), want, rtol=5e-2, atol=1e-1)
 
 
+@pytest.mark.parametrize('generator', ['paper', 'bases'])
+@pytest.mark.parametrize('k', [3, 1])
+def test_layer_converted_to_channels_last(generator, k):
+    """``model.to(memory_format=torch.channels_last)`` (which converts every 4- and
+    5-dimensional parameter) works on DRConv layers: the same output and gradients, in
+    channels_last."""
+    layer = trained(DRConv2d(5, 6, k, padding=k // 2, region_num=8, filter_generator=generator))
+    x = torch.randn(2, 5, 7, 6)
+    grad = torch.randn(2, 6, 7, 6)
+    want = layer(x.requires_grad_(True))
+    want_grads = torch.autograd.grad(want, [x, *layer.parameters()], grad)
+    converted = layer.to(memory_format=torch.channels_last)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = converted(x_cl)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, want)
+    got = torch.autograd.grad(out, [x_cl, *converted.parameters()],
+                              grad.contiguous(memory_format=torch.channels_last))
+    for g, w in zip(got, want_grads):
+        torch.testing.assert_close(g, w)
+
+
 @pytest.mark.parametrize('kwargs, error, message', [
     (dict(region_num=0), ValueError, 'region_num must be a positive int'),
     (dict(region_num=2.5), ValueError, 'region_num must be a positive int'),
@@ -222,6 +244,24 @@ def test_paper_generator_version_1_checkpoint_loads():
     fresh.load_state_dict(state)
     x = torch.randn(2, 3, 6, 6)
     torch.testing.assert_close(fresh(x), layer(x))
+
+
+def test_bases_generator_version_1_checkpoint_loads():
+    """Version 1 stored the bases as (num_bases, C_out, kh, kw, C_in): they load, reshaped, and
+    the layer computes what it did; a shape that fits neither version is refused by name."""
+    layer = trained(DRConv2d(3, 4, (3, 1), padding=(1, 0), region_num=8,
+                             filter_generator='bases', num_bases=2))
+    state = layer.state_dict()
+    state['filter_generator.bases'] = state['filter_generator.bases'].view(2, 4, 3, 1, 3)
+    state._metadata['filter_generator'] = dict(version=1)
+    fresh = DRConv2d(3, 4, (3, 1), padding=(1, 0), region_num=8, filter_generator='bases',
+                     num_bases=2)
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 3, 6, 5)
+    torch.testing.assert_close(fresh(x), layer(x))
+    state['filter_generator.bases'] = state['filter_generator.bases'].view(2, 4, 1, 3, 3)
+    with pytest.raises(RuntimeError, match='filter_generator.bases'):
+        fresh.load_state_dict(state)
 
 
 class AllRegionsDRConv(nn.Module):

@@ -21,6 +21,10 @@ repetition runs every (variant, mode) once, in a random order drawn anew for eac
 (seeded, the same every run), after ``--warmup`` untimed repetitions, so that no variant always
 runs after the same one (what runs before a call changes its time: the cache it finds, the
 memory just freed); the tables give medians and their ratio to the conv of the same shape.
+``--channels-last`` runs both modes with the activations (x, the guide, the output gradient)
+and the layers (``Module.to(memory_format=torch.channels_last)``) or conv's weight in
+channels_last, as a model converted to it runs; the targets are for the default layout and are
+not checked then.
 
 Peak extra memory (forward_backward): the most bytes the forward + backward held allocated at
 once above what was allocated before it started (the inputs and the output gradient), outputs
@@ -155,6 +159,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                 'float16', 'bfloat16'])
     parser.add_argument('--top2', action='store_true',
                         help="also run region_conv with guide_grad='top2'")
+    parser.add_argument('--channels-last', action='store_true',
+                        help='op and layer modes with activations and layers in '
+                        'torch.channels_last (targets not checked)')
     parser.add_argument('--no-memory', action='store_true', help='skip the memory measurement')
     parser.add_argument('--json', metavar='PATH', help="also write the results as JSON ('-': "
                         'to stdout instead of the tables)')
@@ -163,6 +170,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='print one table of every target over the runs whose --json '
                         'reports are given (nothing is measured)')
     args = parser.parse_args(argv)
+    if args.channels_last and args.model:
+        parser.error('--channels-last applies to the op and layer modes; run --model without it')
     shapes = args.shapes
     if shapes is None:
         shapes = [] if (args.config or args.model) else list(TARGET_SHAPES)
@@ -197,10 +206,12 @@ def variant_ops(top2: bool) -> Dict[str, Callable]:
     return ops
 
 
-def make_tensors(s: LayerShape, device: torch.device, dtype: torch.dtype,
-                 seed: int) -> Dict[str, torch.Tensor]:
+def make_tensors(s: LayerShape, device: torch.device, dtype: torch.dtype, seed: int,
+                 memory_format: torch.memory_format = torch.contiguous_format
+                 ) -> Dict[str, torch.Tensor]:
     """Random inputs of one shape: x, conv_weight, weight (per sample, plain contiguous
-    (B, m, C_out, C_in, kh, kw)), guide, grad_out."""
+    (B, m, C_out, C_in, kh, kw)), guide, grad_out; the 4-dimensional ones in
+    ``memory_format``."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*size, scale=1.0):
@@ -209,11 +220,13 @@ def make_tensors(s: LayerShape, device: torch.device, dtype: torch.dtype,
     h_out = (s.h + 2 * s.pad - s.dilation * (s.k - 1) - 1) // s.stride + 1
     w_out = (s.w + 2 * s.pad - s.dilation * (s.k - 1) - 1) // s.stride + 1
     scale = (s.c_in * s.k * s.k) ** -0.5
-    return dict(x=randn(s.b, s.c_in, s.h, s.w),
-                conv_weight=randn(s.c_out, s.c_in, s.k, s.k, scale=scale),
-                weight=randn(s.b, s.m, s.c_out, s.c_in, s.k, s.k, scale=scale),
-                guide=randn(s.b, s.m, h_out, w_out),
-                grad_out=randn(s.b, s.c_out, h_out, w_out))
+    tensors = dict(x=randn(s.b, s.c_in, s.h, s.w),
+                   conv_weight=randn(s.c_out, s.c_in, s.k, s.k, scale=scale),
+                   weight=randn(s.b, s.m, s.c_out, s.c_in, s.k, s.k, scale=scale),
+                   guide=randn(s.b, s.m, h_out, w_out),
+                   grad_out=randn(s.b, s.c_out, h_out, w_out))
+    return {name: t.contiguous(memory_format=memory_format) if t.dim() == 4 else t
+            for name, t in tensors.items()}
 
 
 def grad_inputs(variant: str, t: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
@@ -244,8 +257,9 @@ def op_runs(ops: Dict[str, Callable], t: Dict[str, torch.Tensor],
     return {(v, m): run(v, m) for m in MODES for v in ops}
 
 
-def layer_runs(s: LayerShape, device: torch.device, dtype: torch.dtype,
-               seed: int) -> Dict[Tuple[str, str], Callable[[], None]]:
+def layer_runs(s: LayerShape, device: torch.device, dtype: torch.dtype, seed: int,
+               memory_format: torch.memory_format = torch.contiguous_format
+               ) -> Dict[Tuple[str, str], Callable[[], None]]:
     """(variant, mode) -> one forward (no grad) or forward + backward of ``nn.Conv2d`` ('conv')
     or ``DRConv2d`` with each generator ('drconv_paper', 'drconv_bases'), generator parameters
     non-zero, on the same random input; the backward reaches x and every parameter."""
@@ -259,7 +273,7 @@ def layer_runs(s: LayerShape, device: torch.device, dtype: torch.dtype,
             for p in layer.filter_generator.parameters():
                 p.normal_(0, 0.02)
         layers[f'drconv_{generator}'] = layer
-    t = make_tensors(s, device, dtype, seed)
+    t = make_tensors(s, device, dtype, seed, memory_format)
     x, grad_out = t['x'], t['grad_out']
 
     def run(layer: torch.nn.Module, mode: str) -> Callable[[], None]:
@@ -273,7 +287,8 @@ def layer_runs(s: LayerShape, device: torch.device, dtype: torch.dtype,
             layer(x.requires_grad_(True)).backward(grad_out)
         return once
 
-    layers = {name: layer.to(device, dtype) for name, layer in layers.items()}
+    layers = {name: layer.to(device, dtype, memory_format=memory_format)
+              for name, layer in layers.items()}
     return {(name, m): run(layer, m) for m in MODES for name, layer in layers.items()}
 
 
@@ -362,7 +377,8 @@ def benchmark_shape(s: LayerShape, args: argparse.Namespace, device: torch.devic
     """The op (and with ``--layers`` the layer) at one shape: median times, ratios to conv,
     peak memory."""
     ops = variant_ops(args.top2)
-    t = make_tensors(s, device, dtype, args.seed)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    t = make_tensors(s, device, dtype, args.seed, memory_format)
     runs = op_runs(ops, t, s)
     result = dict(shape=s._asdict(), label=s.label(), repeat=args.repeat,
                   **summarize(time_runs(runs, device, args.repeat, args.warmup), 'conv'))
@@ -373,7 +389,7 @@ def benchmark_shape(s: LayerShape, args: argparse.Namespace, device: torch.devic
     for leaf in t.values():
         leaf.grad = None
     if args.layers:
-        runs = layer_runs(s, device, dtype, args.seed)
+        runs = layer_runs(s, device, dtype, args.seed, memory_format)
         result['layer'] = summarize(time_runs(runs, device, args.repeat, args.warmup), 'conv')
         if not args.no_memory:
             result['layer']['memory'] = measure_memory(runs, device)
@@ -388,7 +404,7 @@ def check_targets(r: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]
     """For a target shape under the targets' conditions: each target, its value and a verdict."""
     s = LayerShape(**r['shape'])
     if not (is_target(s) and args.device == 'cpu' and args.threads == 2
-            and args.dtype == 'float32'):
+            and args.dtype == 'float32' and not args.channels_last):
         return {}
     checks = {f'region_conv forward <= {TARGETS["op_forward"]}x conv':
               (r['ratio_to_conv']['region_conv/forward'], TARGETS['op_forward'])}
@@ -592,8 +608,9 @@ def tables(report: Dict[str, Any]) -> str:
     layers = report['layers']
     lines = []
     if layers:
-        lines += [f"device {env['device']}, {env['threads']} threads, {env['dtype']}, torch "
-                  f"{env['torch']}, OMP_WAIT_POLICY {env['omp_wait_policy']}, "
+        layout = ', channels_last' if env.get('channels_last') else ''
+        lines += [f"device {env['device']}, {env['threads']} threads, {env['dtype']}{layout}, "
+                  f"torch {env['torch']}, OMP_WAIT_POLICY {env['omp_wait_policy']}, "
                   + ''.join(f'{k} {v}, ' for k, v in env.get('malloc', {}).items())
                   + f"median of {env['repeat']} interleaved repetitions ({env['warmup']} "
                   "warm-up)", '']
@@ -699,6 +716,7 @@ def main(argv=None) -> Dict[str, Any]:
                                    omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', 'unset'),
                                    malloc={k: os.environ.get(k, 'unset') for k in MALLOC_KNOBS},
                                    repeat=args.repeat, warmup=args.warmup,
+                                   channels_last=args.channels_last,
                                    config=args.config, input_shape=list(args.input_shape),
                                    batch=args.batch),
                   layers=layers, targets=TARGETS)
