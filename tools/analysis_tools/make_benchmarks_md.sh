@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md's figures: its summary table (between the summary markers) and its
 # full results (below the results marker), from three runs of benchmark_drconv.py, each a fresh
-# process, on the target layers and the detection model; the method text between them is kept.
+# process, on the target layers and the detection model (then one more of the target layers in
+# channels_last); the method text between them is kept.
 # Run on a quiet machine from anywhere:  bash tools/analysis_tools/make_benchmarks_md.sh
 # Knobs (environment): PY (default .venv/bin/python), THREADS (2), REPEAT (30), MODEL_REPEAT (7),
 # MALLOC (glibc's settings the runs get; default: freed memory kept for reuse, so that no
@@ -38,6 +39,13 @@ for run in 1 2 3; do
   "${cmd[@]}" 2>>"$OUT/log.txt" >> "$body"
   runs+=("$OUT/run_$run.json")
 done
+# the op and the layers as a model converted to channels_last runs them (no targets: those are
+# for the default layout)
+cmd=(env $MALLOC $PY $B --shapes 8,128,128,32,32,3,8 --shapes 8,128,128,32,32,1,8 --layers
+     --channels-last --threads "$THREADS" --repeat "$REPEAT" --json "$OUT/channels_last.json")
+echo "running: ${cmd[*]}" >&2
+printf '\n### Channels last (a fresh process)\n\n```bash\n%s\n```\n\n' "${cmd[*]}" >> "$body"
+"${cmd[@]}" 2>>"$OUT/log.txt" >> "$body"
 for cfg in "$DET 800 1333" "$SEG 512 1024"; do
   set -- $cfg
   printf '\n### FLOPs and parameters: %s at %sx%s\n\n```bash\n%s\n```\n\n```\n' "$1" "$2" "$3" \
