@@ -29,23 +29,27 @@ for marker in "$SUMMARY_START" "$SUMMARY_END" "$RESULTS"; do
 done
 
 body=$(mktemp)
+LAYERS=(--shapes 8,128,128,32,32,3,8 --shapes 8,128,128,32,32,1,8 --layers)
+# benchmark HEADING ARGS...: one fresh process of benchmark_drconv.py with ARGS, its command and
+# tables appended under the heading
+benchmark() {
+  local heading=$1
+  shift
+  local cmd=(env $MALLOC $PY $B "$@")
+  echo "running: ${cmd[*]}" >&2
+  printf '\n### %s (a fresh process)\n\n```bash\n%s\n```\n\n' "$heading" "${cmd[*]}" >> "$body"
+  "${cmd[@]}" 2>>"$OUT/log.txt" >> "$body"
+}
 runs=()
 for run in 1 2 3; do
-  cmd=(env $MALLOC $PY $B --shapes 8,128,128,32,32,3,8 --shapes 8,128,128,32,32,1,8 --layers
-       --model $DET --threads "$THREADS" --repeat "$REPEAT"
-       --model-repeat "$MODEL_REPEAT" --json "$OUT/run_$run.json")
-  echo "running: ${cmd[*]}" >&2
-  printf '\n### Run %s of 3 (a fresh process)\n\n```bash\n%s\n```\n\n' "$run" "${cmd[*]}" >> "$body"
-  "${cmd[@]}" 2>>"$OUT/log.txt" >> "$body"
+  benchmark "Run $run of 3" "${LAYERS[@]}" --model $DET --threads "$THREADS" --repeat "$REPEAT" \
+    --model-repeat "$MODEL_REPEAT" --json "$OUT/run_$run.json"
   runs+=("$OUT/run_$run.json")
 done
 # the op and the layers as a model converted to channels_last runs them (no targets: those are
 # for the default layout)
-cmd=(env $MALLOC $PY $B --shapes 8,128,128,32,32,3,8 --shapes 8,128,128,32,32,1,8 --layers
-     --channels-last --threads "$THREADS" --repeat "$REPEAT" --json "$OUT/channels_last.json")
-echo "running: ${cmd[*]}" >&2
-printf '\n### Channels last (a fresh process)\n\n```bash\n%s\n```\n\n' "${cmd[*]}" >> "$body"
-"${cmd[@]}" 2>>"$OUT/log.txt" >> "$body"
+benchmark "Channels last" "${LAYERS[@]}" --channels-last --threads "$THREADS" --repeat "$REPEAT" \
+  --json "$OUT/channels_last.json"
 for cfg in "$DET 800 1333" "$SEG 512 1024"; do
   set -- $cfg
   printf '\n### FLOPs and parameters: %s at %sx%s\n\n```bash\n%s\n```\n\n```\n' "$1" "$2" "$3" \
